@@ -1,0 +1,41 @@
+"""GET /api/analytics/cost?by=model|service|user|feature|operation|provider&since=24h
+
+Spend, tokens, calls and p50/p95 latency per group, most expensive first (JSON list).
+model/service/operation/provider group the LLM span rows; user/feature use trace-level
+attribution (the user or feature set anywhere in a trace owns its cost; p50/p95 are then
+trace durations). `since` defaults to 24h.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pipeline.api import json_error
+from pipeline.api.traces import queries_or_error, run_query
+from pipeline.query.traces import COST_DIMENSIONS, parse_since
+
+
+async def cost(request: web.Request) -> web.Response:
+    q = request.query
+    unknown = sorted(set(q) - {"by", "since"})
+    if unknown:
+        return json_error(400, f"{unknown[0]}: unknown parameter (allowed: by, since)")
+    by = q.get("by", "model")
+    if by not in COST_DIMENSIONS:
+        return json_error(400, f"by: must be one of {', '.join(COST_DIMENSIONS)}")
+    since = q.get("since") or "24h"
+    try:
+        parse_since(since)
+    except ValueError as e:
+        return json_error(400, str(e))
+    queries, err = queries_or_error(request)
+    if err is not None:
+        return err
+    rows, err = await run_query(queries.cost_by(by, since=since))
+    if err is not None:
+        return err
+    return web.json_response(rows)
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/api/analytics/cost", cost)]

@@ -1,0 +1,114 @@
+"""`tracepipe receiver` and `tracepipe worker`: the two roles of the distributed runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from pipeline.cli.options import config_options, endpoint_options, load_or_exit
+from pipeline.config import Config
+from pipeline.logs import setup_logging
+
+
+def _load(config_path: str | None, role: str, **overrides: Any) -> Config:
+    cfg = load_or_exit(config_path, **overrides)
+    if cfg.transport.type != "kafka":
+        click.echo(f"tracepipe {role}: this config uses transport.type {cfg.transport.type!r}; the distributed "
+                   "roles need `transport: {type: kafka}` (see config/distributed.yaml), or use `tracepipe run`",
+                   err=True)
+        sys.exit(2)
+    return cfg
+
+
+_log_options = [
+    click.option("--log-format", type=click.Choice(["text", "json"]), help="Override service.log.format."),
+    click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+                 help="Override service.log.level."),
+]
+
+
+def _with_log_options(fn: Any) -> Any:
+    for opt in reversed(_log_options):
+        fn = opt(fn)
+    return fn
+
+
+@click.command()
+@config_options
+@endpoint_options("otlp_grpc", "otlp_http", "api", "metrics")
+@_with_log_options
+def receiver(config_path: str | None, data_dir: str | None, otlp_grpc: str | None, otlp_http: str | None,
+             api: str | None, metrics: str | None, log_format: str | None, log_level: str | None) -> None:
+    """Run an OTLP receiver that produces to Kafka (distributed mode).
+
+    Answers OTLP success once Kafka acknowledged the data (acks=all); when Kafka is slow
+    or down, clients get retryable codes. Stateless: start as many as you need.
+    """
+    cfg = _load(config_path, "receiver", data_dir=data_dir, otlp_grpc=otlp_grpc, otlp_http=otlp_http,
+                api=api, metrics=metrics)
+    setup_logging(log_level or cfg.service.log.level, log_format or cfg.service.log.format)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(cfg, "receiver"))
+
+
+@click.command()
+@config_options
+@endpoint_options("api", "metrics")
+@_with_log_options
+def worker(config_path: str | None, data_dir: str | None, api: str | None, metrics: str | None,
+           log_format: str | None, log_level: str | None) -> None:
+    """Run a worker: consume the span topic, run the chain, write the sinks (distributed mode).
+
+    A faust-streaming app in the consumer group `transport.kafka.group_id`; offsets are
+    committed only after every sink acknowledged. Start more to scale (up to one per
+    partition).
+    """
+    cfg = _load(config_path, "worker", data_dir=data_dir, api=api, metrics=metrics)
+    setup_logging(log_level or cfg.service.log.level, log_format or cfg.service.log.format)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(cfg, "worker"))
+
+
+async def _serve(cfg: Config, role: str) -> None:
+    log = logging.getLogger("tracepipe")
+    runtime: Any
+    if role == "receiver":
+        from pipeline.receiver_runtime import ReceiverRuntime
+
+        runtime = ReceiverRuntime(cfg)
+    else:
+        from pipeline.worker.runtime import WorkerRuntime
+
+        runtime = WorkerRuntime(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        ep = await runtime.start()
+    except Exception as e:
+        log.error("tracepipe %s failed to start: %s", role, e)
+        raise SystemExit(1) from None
+    k = cfg.transport.kafka
+    if role == "receiver":
+        log.info("tracepipe receiver running: OTLP gRPC %s, OTLP HTTP %s -> Kafka %s topic %s; API %s, metrics %s",
+                 ep.otlp_grpc or "off", ep.otlp_http or "off", k.brokers, k.topic, ep.api or "off",
+                 ep.metrics or "off")
+    else:
+        log.info("tracepipe worker running: Kafka %s topic %s group %s; API %s, metrics %s",
+                 k.brokers, k.topic, k.group_id, ep.get("api", "off"), ep.get("metrics", "off"))
+    await stop.wait()
+    log.info("shutting down")
+    await runtime.stop()
+    log.info("stopped")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(receiver)
+    group.add_command(worker)

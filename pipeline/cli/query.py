@@ -1,0 +1,178 @@
+"""Query commands: `tracepipe traces show|list` and `tracepipe cost`.
+
+They ask the running pipeline through its API (service.api.endpoint) and, when nothing
+answers there, open the data themselves (the chDB directory, or the ClickHouse server of
+the config). Both paths return the same JSON, rendered the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import click
+
+from pipeline.cli.options import config_options, endpoint_options, load_or_exit
+from pipeline.config import Config, parse_endpoint
+
+
+class ApiUnreachable(Exception):
+    pass
+
+
+class QueryFailed(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _api_get(cfg: Config, path: str, params: dict[str, Any], api_url: str | None) -> Any:
+    """GET from the running pipeline's API; ApiUnreachable when nothing listens there."""
+    if api_url is None:
+        if not cfg.service.api.endpoint:
+            raise ApiUnreachable("the API is disabled in this config")
+        host, port = parse_endpoint(cfg.service.api.endpoint)
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        api_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+    url = f"{api_url.rstrip('/')}{path}" + (f"?{query}" if query else "")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("error", e.reason)
+        except Exception:
+            message = str(e.reason)
+        raise QueryFailed(e.code, message) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise ApiUnreachable(str(getattr(e, "reason", e))) from None
+
+
+def _local(cfg: Config, call: str, *args: Any, **kwargs: Any) -> Any:
+    from pipeline.runtime_support import open_queries
+
+    async def go() -> Any:
+        queries = await open_queries(cfg)
+        if queries is None:
+            raise click.ClickException("this config has no clickhouse sink to query")
+        try:
+            return await getattr(queries, call)(*args, **kwargs)
+        finally:
+            closer = getattr(queries, "close", None)
+            if closer is not None:
+                res = closer()
+                if asyncio.iscoroutine(res):
+                    await res
+
+    return asyncio.run(go())
+
+
+def _fetch(cfg: Config, api_url: str | None, path: str, params: dict[str, Any], call: str,
+           *args: Any, **kwargs: Any) -> Any:
+    try:
+        return _api_get(cfg, path, params, api_url)
+    except QueryFailed as e:
+        if e.status == 404:
+            return None
+        raise click.ClickException(e.args[0]) from None
+    except ApiUnreachable:
+        if api_url is not None:
+            raise click.ClickException(f"nothing answers at {api_url}") from None
+    try:
+        return _local(cfg, call, *args, **kwargs)
+    except click.ClickException:
+        raise
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    except Exception as e:
+        name = type(e).__name__
+        if name == "StoreLockedError":
+            raise click.ClickException(str(e)) from None
+        raise
+
+
+def api_option(fn):  # type: ignore[no-untyped-def]
+    fn = click.option("--api-url", metavar="URL",
+                      help="Ask this API (e.g. http://host:8081) instead of the config's service.api.")(fn)
+    return endpoint_options("api")(fn)
+
+
+@click.group()
+def traces() -> None:
+    """Look at stored traces."""
+
+
+@traces.command("show")
+@click.argument("trace_id")
+@config_options
+@api_option
+@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON instead of a tree.")
+def traces_show(trace_id: str, config_path: str | None, data_dir: str | None, api: str | None,
+                api_url: str | None, as_json: bool) -> None:
+    """Print the span tree of TRACE_ID (32 hex chars) with durations, models, tokens and cost."""
+    from pipeline.query.render import render_trace
+
+    cfg = load_or_exit(config_path, data_dir=data_dir, api=api)
+    tid = trace_id.strip().lower()
+    if len(tid) != 32 or any(c not in "0123456789abcdef" for c in tid):
+        raise click.BadParameter("a trace id is 32 hex characters", param_hint="TRACE_ID")
+    trace = _fetch(cfg, api_url, f"/api/traces/{tid}", {}, "get_trace", tid)
+    if trace is None:
+        click.echo(f"trace {tid} not found", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(trace, indent=2) if as_json else render_trace(trace))
+
+
+@traces.command("list")
+@config_options
+@api_option
+@click.option("--service")
+@click.option("--model")
+@click.option("--user")
+@click.option("--status", type=click.Choice(["ok", "error", "unset"]))
+@click.option("--min-cost", type=float, help="Only traces costing at least this many USD.")
+@click.option("--since", help="Only traces started within this window, e.g. 15m, 24h, 7d.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def traces_list(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None,
+                service: str | None,
+                model: str | None, user: str | None, status: str | None, min_cost: float | None,
+                since: str | None, limit: int, as_json: bool) -> None:
+    """List recent traces (newest first) with their totals."""
+    from pipeline.query.render import render_trace_list
+
+    cfg = load_or_exit(config_path, data_dir=data_dir, api=api)
+    params = {"service": service, "model": model, "user": user, "status": status, "min_cost": min_cost,
+              "since": since, "limit": limit}
+    result = _fetch(cfg, api_url, "/api/traces", params, "list_traces",
+                    **{k: v for k, v in params.items() if v is not None})
+    click.echo(json.dumps(result, indent=2) if as_json else render_trace_list(result))
+
+
+@click.command()
+@config_options
+@api_option
+@click.option("--by", "by", type=click.Choice(["model", "service", "user", "feature", "operation", "provider"]),
+              default="model", show_default=True, help="Group spend by this dimension.")
+@click.option("--since", default="24h", show_default=True, help="Window to look at, e.g. 15m, 24h, 7d.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+def cost(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None, by: str,
+         since: str, as_json: bool) -> None:
+    """Spend, tokens, call count and p50/p95 latency per group."""
+    from pipeline.query.render import render_cost
+
+    cfg = load_or_exit(config_path, data_dir=data_dir, api=api)
+    rows = _fetch(cfg, api_url, "/api/analytics/cost", {"by": by, "since": since}, "cost_by", by, since=since)
+    click.echo(json.dumps(rows, indent=2) if as_json else render_cost(rows, by))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(traces)
+    group.add_command(cost)

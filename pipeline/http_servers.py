@@ -1,0 +1,48 @@
+"""Small aiohttp server helpers shared by the runtimes: the query API and /metrics."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pipeline.config import parse_endpoint
+from pipeline.telemetry import Telemetry
+
+
+class RunningServer:
+    """An aiohttp app listening on one endpoint; `port` is the bound port (0 works)."""
+
+    def __init__(self, app: web.Application, endpoint: str) -> None:
+        self.app = app
+        self.endpoint = endpoint
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.port = 0
+        self.host = ""
+
+    async def start(self) -> None:
+        host, port = parse_endpoint(self.endpoint)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            await self.runner.cleanup()
+            raise OSError(f"cannot listen on {self.endpoint}: {e.strerror or e}") from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.host = host
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def metrics_app(telemetry: Telemetry) -> web.Application:
+    async def metrics(_request: web.Request) -> web.Response:
+        body, content_type = telemetry.exposition()
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = content_type
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,84 @@
+"""ReceiverRuntime: the distributed receiver role — stateless OTLP receivers in front of Kafka.
+
+The same OTLP/gRPC and OTLP/HTTP receivers as the embedded runtime, bound to a
+`KafkaRequestTransport` instead of the in-process queue: a request is answered with
+success only after Kafka acknowledged every trace of it; when Kafka is slow or down the
+client gets the retryable OTLP codes. No chain runs here; scale by starting more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from pipeline.api import ApiContext, build_app
+from pipeline.config import Config
+from pipeline.embedded import Endpoints, _host_of, build_receivers
+from pipeline.http_servers import RunningServer, metrics_app
+from pipeline.telemetry import Telemetry
+from pipeline.transport.kafka_common import ensure_topics
+from pipeline.transport.kafka_producer import KafkaRequestTransport
+
+log = logging.getLogger("tracepipe.receiver")
+
+
+class ReceiverRuntime:
+    def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
+        if config.transport.type != "kafka":
+            raise ValueError("the receiver role needs transport.type: kafka")
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.transport = KafkaRequestTransport(config.transport.kafka, self.telemetry)
+        self.receivers: list[Any] = []
+        self.servers: list[RunningServer] = []
+        self.endpoints = Endpoints()
+        self._stopping = False
+
+    async def start(self) -> Endpoints:
+        k = self.config.transport.kafka
+        await ensure_topics(k, {k.topic: k.partitions})
+        await self.transport.start()
+        try:
+            await self._start_servers()
+            self.receivers = build_receivers(self.config, self.transport, self.telemetry)
+            for r in self.receivers:
+                await r.start()
+        except BaseException:
+            await self.stop()
+            raise
+        for r in self.receivers:
+            kind = "otlp_grpc" if type(r).__name__.endswith("GrpcReceiver") else "otlp_http"
+            setattr(self.endpoints, kind, f"{_host_of(getattr(r, 'cfg', None), kind)}:{r.port}")
+        return self.endpoints
+
+    async def _start_servers(self) -> None:
+        svc = self.config.service
+        ctx = ApiContext(
+            telemetry=self.telemetry,
+            liveness={"receiver": lambda: (not self._stopping, "running" if not self._stopping else "stopping")},
+            readiness={"kafka": self.transport.status},
+        )
+        if svc.api.endpoint:
+            server = RunningServer(build_app(ctx), svc.api.endpoint)
+            await server.start()
+            self.servers.append(server)
+            self.endpoints.api = f"{server.host}:{server.port}"
+        if svc.metrics.endpoint:
+            server = RunningServer(metrics_app(self.telemetry), svc.metrics.endpoint)
+            await server.start()
+            self.servers.append(server)
+            self.endpoints.metrics = f"{server.host}:{server.port}"
+
+    async def stop(self) -> None:
+        """Stop the receivers, wait for in-flight produces (bounded), close the producer."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for r in self.receivers:
+            with contextlib.suppress(Exception):
+                await r.stop()
+        await self.transport.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.stop()

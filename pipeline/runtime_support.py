@@ -1,0 +1,58 @@
+"""Wiring shared by the runtimes: the query layer, the alert path and area extras."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.chain import Chain
+from pipeline.config import Config
+from pipeline.telemetry import Telemetry
+
+
+async def open_queries(config: Config, chain: Chain | None = None) -> Any:
+    """TraceQueries over the ClickHouse sink the API reads (service.query_sink, else the first)."""
+    specs = config.sinks_of_type("clickhouse")
+    if not specs:
+        return None
+    spec = config.sinks[config.service.query_sink] if config.service.query_sink else specs[0]
+    from pipeline.query.traces import TraceQueries
+
+    return TraceQueries.from_sink_config(spec.config, config.data_dir)
+
+
+class Alerts:
+    """The alert path of a runtime: the router (store, gauges, webhooks, publishers) and its
+    emitter for components (`ComponentContext.emit_event`)."""
+
+    def __init__(self, router: Any) -> None:
+        self.router = router
+        self.store = router.store
+
+    def emit(self, kind: str, event: dict[str, Any]) -> None:
+        self.router.publish(kind, event)
+
+    async def close(self) -> None:
+        await self.router.close()
+
+
+async def build_alerts(config: Config, telemetry: Telemetry, publishers: list[Any]) -> Alerts:
+    """The alert router from the `alerts:` section; `publishers` add destinations (Kafka topic)."""
+    from pipeline.alerts.router import AlertRouter
+
+    router = AlertRouter.from_config(config.alerts, telemetry, publishers=publishers)
+    await router.start()
+    return Alerts(router)
+
+
+async def build_extras(config: Config, telemetry: Telemetry) -> dict[str, Any]:
+    """Shared objects that sinks and API routes find in `extras` (e.g. the budget store).
+    Async closers to run after the chain closed are listed under "_closers"."""
+    extras: dict[str, Any] = {"_closers": []}
+    from pipeline.budgets.registry import build_budget_store
+
+    budgets = build_budget_store(config)
+    if budgets is not None:
+        await budgets.start()
+        extras["budgets"] = budgets
+        extras["_closers"].append(budgets.close)
+    return extras
