@@ -1,0 +1,291 @@
+"""The receiver's Kafka transport: OTLP export requests -> one Kafka message per trace.
+
+`offer(request, spans, timeout)` splits the request by trace id into one
+ExportTraceServiceRequest per trace (resource and scope wrappers kept), keyed by the
+trace id in lowercase hex, so every span of a trace lands on one partition (tail
+sampling and per-trace rollups need that). That is the OTel Collector kafka exporter's
+`otlp_proto` encoding. It answers ACCEPTED only once Kafka acknowledged every message
+(acks=all by default); otherwise:
+
+- FULL: more than `max_in_flight_spans` await acks and no room freed within `timeout`
+  (the receiver answers RESOURCE_EXHAUSTED / 429, the client retries);
+- UNAVAILABLE: the broker is down or did not ack within `produce_timeout`
+  (UNAVAILABLE / 503). The producer is then discarded with everything still queued in it
+  (aiokafka would otherwise deliver those messages when the broker returns, and the
+  client's retry would store them twice); while the broker is known down, offers fail
+  fast, and a fresh producer is started once the broker answers again;
+- TOO_LARGE: the request alone exceeds `max_in_flight_spans`;
+- CLOSED: the receiver is shutting down.
+
+A produce whose request was already on the wire when it timed out may still have reached
+Kafka: the client's retry then duplicates it. That is the at-least-once contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+
+from pipeline.config import KafkaTransportConfig
+from pipeline.telemetry import Telemetry
+from pipeline.transport.kafka_common import client_kwargs
+from pipeline.transport.memory import Offer
+
+log = logging.getLogger("tracepipe.transport.kafka")
+
+__all__ = ["KafkaRequestTransport", "split_by_trace"]
+
+
+def split_by_trace(request: ExportTraceServiceRequest) -> list[tuple[bytes, bytes]]:
+    """(key, value) per trace: key = trace id hex, value = the trace's spans as an
+    ExportTraceServiceRequest keeping their resource and scope wrappers."""
+    # trace id -> [(ri, si, [span indices])]
+    groups: dict[bytes, dict[tuple[int, int], list[int]]] = {}
+    for ri, rs in enumerate(request.resource_spans):
+        for si, ss in enumerate(rs.scope_spans):
+            for i, sp in enumerate(ss.spans):
+                tid = sp.trace_id
+                g = groups.get(tid)
+                if g is None:
+                    g = groups[tid] = {}
+                idx = g.get((ri, si))
+                if idx is None:
+                    g[(ri, si)] = [i]
+                else:
+                    idx.append(i)
+    if len(groups) == 1:
+        ((tid, _),) = groups.items()
+        return [(tid.hex().encode(), request.SerializeToString())]
+    out: list[tuple[bytes, bytes]] = []
+    rss = request.resource_spans
+    for tid, parts in groups.items():
+        req = ExportTraceServiceRequest()
+        by_resource: dict[int, ResourceSpans] = {}
+        for (ri, si), idxs in parts.items():
+            src_rs = rss[ri]
+            dst_rs = by_resource.get(ri)
+            if dst_rs is None:
+                dst_rs = req.resource_spans.add()
+                dst_rs.resource.CopyFrom(src_rs.resource)
+                dst_rs.schema_url = src_rs.schema_url
+                by_resource[ri] = dst_rs
+            src_ss = src_rs.scope_spans[si]
+            dst_ss: ScopeSpans = dst_rs.scope_spans.add()
+            dst_ss.scope.CopyFrom(src_ss.scope)
+            dst_ss.schema_url = src_ss.schema_url
+            spans = src_ss.spans
+            dst_ss.spans.extend([spans[i] for i in idxs])
+        out.append((tid.hex().encode(), req.SerializeToString()))
+    return out
+
+
+class KafkaRequestTransport:
+    """RequestTransport over an aiokafka producer (see module doc)."""
+
+    name = "kafka"
+
+    def __init__(self, cfg: KafkaTransportConfig, telemetry: Telemetry, probe_interval: float = 1.0) -> None:
+        self.cfg = cfg
+        self.topic = cfg.topic
+        self.telemetry = telemetry
+        self.capacity = cfg.max_in_flight_spans
+        self.probe_interval = probe_interval
+        self._producer: Any = None
+        self._in_flight = 0
+        self._cond = asyncio.Condition()
+        self._closed = False
+        self._broker_down: str | None = "not started"
+        self._probe: asyncio.Task[None] | None = None
+        telemetry.kafka_in_flight_spans.labels(self.topic).set(0)
+        telemetry.queue_capacity.labels(self.name).set(self.capacity)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        c = self.cfg
+        kwargs: dict[str, Any] = {
+            **client_kwargs(c, "receiver"),
+            "acks": "all" if c.acks == "all" else int(c.acks),
+            "enable_idempotence": c.enable_idempotence,
+            "compression_type": None if c.compression == "none" else c.compression,
+            "linger_ms": c.linger_ms,
+            "max_batch_size": c.max_batch_bytes,
+            "max_request_size": c.max_request_bytes,
+            "request_timeout_ms": int(c.produce_timeout * 1000),
+        }
+        kwargs.update(c.extra)
+        kwargs.update(c.producer_options)
+        return kwargs
+
+    async def start(self) -> None:
+        self._producer = await self._new_producer()
+        self._broker_down = None
+        self._probe = asyncio.create_task(self._watch_broker(), name="tracepipe-kafka-probe")
+
+    async def _new_producer(self) -> Any:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(**self.producer_kwargs())
+        try:
+            await asyncio.wait_for(producer.start(), self.cfg.produce_timeout * 3)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(producer.stop(), 5)
+            raise
+        return producer
+
+    async def close(self) -> None:
+        """Refuse new offers, wait for in-flight acks (bounded), stop the producer."""
+        async with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(BaseException):
+                await self._probe
+        if self._producer is not None:
+            try:
+                await asyncio.wait_for(self._producer.stop(), self.cfg.produce_timeout + 5)
+            except Exception:
+                await self._discard_producer("shutdown")
+
+    def ready(self) -> bool:
+        return not self._closed and self._producer is not None and self._broker_down is None
+
+    def status(self) -> tuple[bool, str]:
+        if self._closed:
+            return False, "closed"
+        if self._broker_down is not None:
+            return False, f"kafka unavailable: {self._broker_down}"
+        return True, f"kafka {self.cfg.brokers} topic {self.topic}, {self._in_flight} spans awaiting acks"
+
+    # --- offer -----------------------------------------------------------------------
+
+    async def offer(self, request: ExportTraceServiceRequest, spans: int, timeout: float = 0.0) -> Offer:
+        if self._closed:
+            return Offer.CLOSED
+        t = self.telemetry
+        if spans > self.capacity:
+            t.kafka_produce_failures.labels(self.topic, "too_large").inc()
+            return Offer.TOO_LARGE
+        if self._broker_down is not None or self._producer is None:
+            t.kafka_produce_failures.labels(self.topic, "unavailable").inc()
+            return Offer.UNAVAILABLE
+        if not await self._reserve(spans, timeout):
+            if self._closed:
+                return Offer.CLOSED
+            t.kafka_produce_failures.labels(self.topic, "full").inc()
+            return Offer.FULL
+        try:
+            return await self._produce(split_by_trace(request) if spans else [])
+        finally:
+            await self._unreserve(spans)
+
+    async def _reserve(self, spans: int, timeout: float) -> bool:
+        async with self._cond:
+            if self._in_flight + spans > self.capacity:
+                if timeout <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(
+                        self._cond.wait_for(lambda: self._closed or self._in_flight + spans <= self.capacity),
+                        timeout,
+                    )
+                except TimeoutError:
+                    return False
+                if self._closed:
+                    return False
+            self._in_flight += spans
+            self.telemetry.kafka_in_flight_spans.labels(self.topic).set(self._in_flight)
+            return True
+
+    async def _unreserve(self, spans: int) -> None:
+        async with self._cond:
+            self._in_flight -= spans
+            self.telemetry.kafka_in_flight_spans.labels(self.topic).set(self._in_flight)
+            self._cond.notify_all()
+
+    async def _produce(self, messages: Sequence[tuple[bytes, bytes]]) -> Offer:
+        from aiokafka.errors import KafkaError
+
+        if not messages:
+            return Offer.ACCEPTED
+        producer = self._producer
+        if producer is None:
+            return Offer.UNAVAILABLE
+        t0 = time.perf_counter()
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            async with asyncio.timeout(self.cfg.produce_timeout):
+                for key, value in messages:
+                    futures.append(await producer.send(self.topic, value, key=key))
+                await asyncio.gather(*futures)
+        except (KafkaError, TimeoutError, OSError) as e:
+            for f in futures:
+                if not f.done():
+                    f.add_done_callback(_consume_exception)
+            reason = "timeout" if isinstance(e, TimeoutError) or "Timeout" in type(e).__name__ else "unavailable"
+            self.telemetry.kafka_produce_failures.labels(self.topic, reason).inc()
+            if producer is self._producer:
+                await self._discard_producer(f"{type(e).__name__}: {e}".strip(": "))
+            return Offer.UNAVAILABLE
+        self.telemetry.kafka_produce_duration.labels(self.topic).observe(time.perf_counter() - t0)
+        self.telemetry.kafka_produced_messages.labels(self.topic).inc(len(messages))
+        return Offer.ACCEPTED
+
+    # --- broker health ---------------------------------------------------------------
+
+    async def _discard_producer(self, why: str) -> None:
+        """Drop the producer and everything queued in it, so nothing refused is delivered later."""
+        from aiokafka.errors import KafkaConnectionError
+
+        if self._broker_down is None:
+            log.warning("Kafka unavailable (%s); refusing data with retryable codes until it is back", why)
+        self._broker_down = why or "unavailable"
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        exc = KafkaConnectionError(f"producer discarded: {why}")
+        acc = producer._message_accumulator
+        sender = producer._sender
+        if sender is not None and sender.sender_task is not None:
+            sender.sender_task.cancel()
+        for queue in list(acc._batches.values()):
+            for batch in list(queue):
+                batch.failure(exception=exc)
+            queue.clear()
+        for batch in list(acc._pending_batches):
+            batch.failure(exception=exc)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(producer.stop(), 5)
+
+    async def _watch_broker(self) -> None:
+        """While the broker is marked down, try a fresh producer; mark it up when one starts."""
+        while not self._closed:
+            await asyncio.sleep(self.probe_interval)
+            if self._broker_down is None and self._producer is not None:
+                continue
+            try:
+                producer = await self._new_producer()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                continue
+            if self._closed:
+                await producer.stop()
+                return
+            self._producer = producer
+            self._broker_down = None
+            log.info("Kafka reachable again; accepting data")
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -1,0 +1,80 @@
+"""The Faust app of the worker and its agent.
+
+The agent consumes the span topic with `stream.take_events(max_batch_messages,
+within=service.batch.timeout)`. Faust acks the events of a take() only after the agent's
+loop body returned (and, in a `finally`, even when it raised); an offset is committed
+once it and everything before it is acked. To commit only what every sink
+acknowledged — and nothing when the body failed or was cancelled — the handler takes
+its own reference on each message first (`message.incref()`) and acks it itself after
+the batch completed, so take()'s ack alone never releases a message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.worker.runtime import WorkerRuntime
+
+log = logging.getLogger("tracepipe.worker")
+
+
+def create_app(runtime: WorkerRuntime, partitions: int) -> Any:
+    """A Faust app for `runtime`'s config: broker settings, security, the span topic."""
+    import faust
+
+    from pipeline.transport.kafka_common import faust_broker_settings
+
+    cfg = runtime.config
+    k = cfg.transport.kafka
+    settings: dict[str, Any] = {
+        **faust_broker_settings(k),
+        "web_enabled": False,  # tracepipe serves /healthz, /readyz and /metrics itself
+        "store": "memory://",
+        "topic_partitions": partitions,
+        "topic_replication_factor": k.replication_factor,
+        "topic_allow_declare": k.create_topics,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": k.commit_interval,
+        "producer_acks": -1 if k.acks == "all" else int(k.acks),
+        "producer_compression_type": None if k.compression == "none" else k.compression,
+        "broker_client_id": f"{k.client_id}-worker",
+        "table_standby_replicas": 0,
+    }
+    settings.update(k.worker_options)
+    app = faust.App(k.group_id, **settings)
+    app.sensors.add(_CommitSensor(runtime))
+    return app
+
+
+def add_span_agent(app: Any, runtime: WorkerRuntime) -> Any:
+    k = runtime.config.transport.kafka
+    topic = app.topic(k.topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    max_messages = k.max_batch_messages
+    within = max(runtime.config.service.batch.timeout, 0.01)
+
+    async def consume_spans(stream: Any) -> None:
+        async for events in stream.take_events(max_messages, within=within):
+            for event in events:
+                event.message.incref()
+            await runtime.handle_events(events)
+
+    return app.agent(topic, name="tracepipe-spans")(consume_spans)
+
+
+def _sensor_base() -> type:
+    import faust
+
+    return faust.Sensor
+
+
+class _CommitSensor(_sensor_base()):  # type: ignore[misc]
+    """Counts offset commits (Faust's periodic and the worker's own)."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def on_commit_completed(self, consumer: Any, state: Any) -> None:
+        self.runtime.telemetry.kafka_commits.labels("ok").inc()

@@ -1,0 +1,388 @@
+"""WorkerRuntime: Kafka span topic -> the chain -> sinks -> ack -> commit, as a Faust app.
+
+Per batch taken off the topic (split per partition, since a batch id names one
+partition's offset range `topic/partition/first-last`):
+
+1. the batch's range is recorded in the cuts table (see `pipeline.worker.cuts`) and the
+   changelog flushed, unless it is a redelivered, already recorded range;
+2. every message is parsed as an OTLP ExportTraceServiceRequest (one message may hold
+   many traces, keyed or not); a message that does not parse is counted and skipped;
+   invalid spans are removed and counted as the receivers do;
+3. `chain.run(batch)` returns once every sink acknowledged (ClickHouse inserts carry the
+   batch id as deduplication token, other sinks are idempotent per batch id);
+4. derived events sent for the batch are acknowledged by Kafka;
+5. only then are the batch's messages acked, and their offsets committed.
+
+A crash anywhere before 5 redelivers the batch, cut the same way, with the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from pipeline.api import ApiContext, build_app
+from pipeline.builder import build_chain
+from pipeline.chain import Chain
+from pipeline.config import Config
+from pipeline.http_servers import RunningServer, metrics_app
+from pipeline.otlp.decode import decode_request
+from pipeline.otlp.validate import sanitize
+from pipeline.spans import Span, SpanBatch
+from pipeline.telemetry import Telemetry
+from pipeline.transport.kafka_common import ensure_topics
+from pipeline.worker.app import add_span_agent, create_app
+from pipeline.worker.cuts import PlannedBatch, Range, plan_batches
+from pipeline.worker.events import KafkaEventPublisher
+from pipeline.worker.state import FaustStateStore, current_partition
+
+log = logging.getLogger("tracepipe.worker")
+
+CUTS_TABLE = "tracepipe-batch-cuts"
+MAX_RECORDED = 200  # most recent recorded batch ranges kept per partition
+
+
+class WorkerRuntime:
+    def __init__(self, config: Config, telemetry: Telemetry | None = None, *, hold_timeout: float = 30.0) -> None:
+        if config.transport.type != "kafka":
+            raise ValueError("the worker needs transport.type: kafka")
+        self.config = config
+        self.kcfg = config.transport.kafka
+        self.telemetry = telemetry or Telemetry()
+        self.hold_timeout = hold_timeout
+        self.app: Any = None
+        self.chain: Chain | None = None
+        self.state: FaustStateStore | None = None
+        self.cuts: Any = None
+        self.events: KafkaEventPublisher | None = None
+        self.alerts: Any = None
+        self.extras: dict[str, Any] = {}
+        self.queries: Any = None
+        self.servers: list[RunningServer] = []
+        self.endpoints: dict[str, str] = {}
+        self._ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._held: dict[Any, list[Any]] = {}
+        self._held_since: dict[Any, float] = {}
+        self._broker_ok: str | None = "not started"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_batch = time.monotonic()
+        # This process's own copy of the cuts it recorded: a rebalance makes Faust recover the
+        # table from its changelog, and a recovered value was seen to lack the latest range.
+        self._local_cuts: dict[str, list[Range]] = {}
+        self._done_offset: dict[Any, int] = {}  # last offset processed per partition (for lag)
+        self._last_event: Any = None  # Faust table writes outside a batch (ticks, flush) go to its partition
+        self._stopping = False
+        # Fault injection for crash tests: exit abruptly (no cleanup, like kill -9) right after the
+        # sinks acknowledged the N-th batch (or the first batch once the file ..._WHEN_FILE names
+        # exists) and before it is acked/committed: the worst moment.
+        self._exit_after = int(os.environ.get("TRACEPIPE_FAULT_EXIT_AFTER_SINKS", "0") or 0)
+        self._exit_when_file = os.environ.get("TRACEPIPE_FAULT_EXIT_WHEN_FILE") or None
+        self._batches_done = 0
+        rcfgs = [s.config for s in config.receivers.values()]
+        self.max_attributes = max((getattr(r, "max_attributes_per_span", 1000) for r in rcfgs), default=1000)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> dict[str, str]:
+        cfg = self.config
+        k = self.kcfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        partitions = await ensure_topics(k, {k.topic: k.partitions, k.alerts_topic: 1})
+        n_partitions = partitions[k.topic]
+        from pipeline.runtime_support import build_alerts, build_extras, open_queries
+
+        self.events = KafkaEventPublisher(k, self.telemetry)
+        await self.events.start()
+        try:
+            self.alerts = await build_alerts(cfg, self.telemetry, publishers=[self.events])
+            emit = self.alerts.emit if self.alerts is not None else self.events.emit
+            self.extras = await build_extras(cfg, self.telemetry)
+            self.app = create_app(self, n_partitions)
+            self.state = FaustStateStore(self.app, n_partitions)
+            self.cuts = self.app.Table(CUTS_TABLE, partitions=n_partitions, key_type=str, value_type=None)
+            self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, extras=self.extras)
+            add_span_agent(self.app, self)
+            await self.chain.start()
+            self.queries = await open_queries(cfg, self.chain)
+            await self._start_servers()
+            await self.app.start()
+            self.state.mark_started()
+            self._broker_ok = None
+            self._tasks = [
+                asyncio.create_task(self._watch_broker(), name="tracepipe-worker-probe"),
+                asyncio.create_task(self._housekeeping(), name="tracepipe-worker-housekeeping"),
+            ]
+            self._ready.set()
+        except BaseException:
+            await self.stop()
+            raise
+        return self.endpoints
+
+    async def stop(self) -> None:
+        """Stop consuming (in-flight batches not acked are redelivered), flush and close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        if self.chain is not None and self._ready.is_set():
+            # Processors release what they hold while the Faust app (tables, producer) still runs,
+            # after the batch in flight (if any) completed, within service.shutdown_timeout.
+            try:
+                await asyncio.wait_for(self._lock.acquire(), self.config.service.shutdown_timeout)
+            except TimeoutError:
+                log.error("shutdown: the batch in flight did not complete in %.0fs; it will be redelivered",
+                          self.config.service.shutdown_timeout)
+            else:
+                try:
+                    with contextlib.suppress(Exception), self._table_context():
+                        await self.chain.flush()
+                finally:
+                    self._lock.release()
+        if self.app is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.app.stop(), 30)
+        if self.chain is not None:
+            await self.chain.close()
+        if self.alerts is not None:
+            with contextlib.suppress(Exception):
+                await self.alerts.close()
+        if self.events is not None:
+            with contextlib.suppress(Exception):
+                await self.events.close()
+        for closer in self.extras.get("_closers", []):
+            with contextlib.suppress(Exception):
+                await closer()
+        if self.queries is not None and hasattr(self.queries, "close"):
+            with contextlib.suppress(Exception):
+                res = self.queries.close()
+                if asyncio.iscoroutine(res):
+                    await res
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.stop()
+
+    async def _start_servers(self) -> None:
+        svc = self.config.service
+        ctx = ApiContext(
+            telemetry=self.telemetry,
+            queries=self.queries,
+            liveness={"worker": self._alive},
+            readiness={
+                "kafka": lambda: (self._broker_ok is None, self._broker_ok or f"kafka {self.kcfg.brokers}"),
+                "consumer": self._consumer_status,
+                "sinks": lambda: self.chain.ready() if self.chain else (False, "not started"),
+            },
+            extras={**self.extras, **({"alerts": self.alerts.store} if self.alerts is not None else {})},
+        )
+        if svc.api.endpoint:
+            server = RunningServer(build_app(ctx), svc.api.endpoint)
+            await server.start()
+            self.servers.append(server)
+            self.endpoints["api"] = f"{server.host}:{server.port}"
+        if svc.metrics.endpoint:
+            server = RunningServer(metrics_app(self.telemetry), svc.metrics.endpoint)
+            await server.start()
+            self.servers.append(server)
+            self.endpoints["metrics"] = f"{server.host}:{server.port}"
+
+    def _alive(self) -> tuple[bool, str]:
+        if self.app is None or not self._ready.is_set():
+            return False, "not started"
+        if self.app.should_stop or self.app.crashed:
+            return False, f"faust app {self.app.state}"
+        return True, "running"
+
+    def _consumer_status(self) -> tuple[bool, str]:
+        if self.app is None or not self._ready.is_set():
+            return False, "not started"
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:
+            return False, "consumer not running"
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
+        return True, f"group {self.kcfg.group_id}, partitions {mine}"
+
+    async def _watch_broker(self) -> None:
+        assert self.events is not None
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                md = await asyncio.wait_for(self.events._producer.client.fetch_all_metadata(), 5)
+                self._broker_ok = None if md.brokers() else "no brokers in metadata"
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._broker_ok = f"kafka unreachable: {type(e).__name__}"
+
+    async def _housekeeping(self) -> None:
+        """Idle ticks for time-driven processors, and held redeliveries that never completed."""
+        idle = max(self.config.service.batch.timeout, 0.05) * 5
+        while True:
+            await asyncio.sleep(idle)
+            self._update_lag()  # also while a batch is stuck on a sink: that is when lag grows
+            async with self._lock:
+                now = time.monotonic()
+                for tp in [tp for tp, since in self._held_since.items() if now - since > self.hold_timeout]:
+                    log.warning("redelivered range of %s never completed after %.0fs; processing what came", tp,
+                                self.hold_timeout)
+                    await self._handle_partition(tp, [], force=True)
+                if now - self._last_batch > idle and self.chain is not None and self._last_event is not None:
+                    try:
+                        with self._table_context():
+                            await self.chain.tick()
+                    except Exception:
+                        log.exception("chain tick failed")
+
+    def _table_context(self) -> contextlib.AbstractContextManager[None]:
+        """State writes outside a batch (idle ticks, shutdown flush) go to the changelog
+        partition of the last batch this worker ran."""
+        return current_partition(self._last_event) if self._last_event is not None else contextlib.nullcontext()
+
+    # --- batches ---------------------------------------------------------------------
+
+    async def handle_events(self, events: Sequence[Any]) -> None:
+        """Called by the agent with the events of one take(); see the module doc."""
+        await self._ready.wait()
+        by_tp: dict[Any, list[Any]] = {}
+        for ev in events:
+            by_tp.setdefault(ev.message.tp, []).append(ev)
+        async with self._lock:
+            for tp, evs in by_tp.items():
+                self.telemetry.kafka_consumed_messages.labels(tp.topic).inc(len(evs))
+                await self._handle_partition(tp, evs)
+            self._last_batch = time.monotonic()
+
+    async def _handle_partition(self, tp: Any, evs: list[Any], *, force: bool = False) -> None:
+        held = self._held.pop(tp, [])
+        since = self._held_since.pop(tp, None)
+        if held:
+            by_offset = {e.message.offset: e for e in held}
+            by_offset.update({e.message.offset: e for e in evs})
+            evs = [by_offset[o] for o in sorted(by_offset)]
+        else:
+            evs = sorted(evs, key=lambda e: e.message.offset)
+        if not evs:
+            return
+        key = f"{tp.topic}/{tp.partition}"
+        in_table = {(int(r[0]), int(r[1])) for r in (self.cuts.get(key) or [])}
+        recorded: list[Range] = sorted(in_table | set(self._local_cuts.get(key, ())))[-MAX_RECORDED:]
+        offsets = [e.message.offset for e in evs]
+        plans, held_from = plan_batches(offsets, recorded, force=force)
+        if held_from < len(evs):
+            self._held[tp] = evs[held_from:]
+            self._held_since[tp] = since if since is not None else time.monotonic()
+        for plan in plans:
+            await self._run_batch(tp, key, evs[plan.start:plan.stop], plan, recorded)
+            if not plan.redelivered:
+                recorded.append((plan.first, plan.last))
+
+    async def _run_batch(self, tp: Any, key: str, evs: list[Any], plan: PlannedBatch, recorded: list[Range]) -> None:
+        assert self.chain is not None and self.events is not None
+        t = self.telemetry
+        batch_id = f"{tp.topic}/{tp.partition}/{plan.first}-{plan.last}"
+        last_event = evs[-1]
+        if plan.redelivered:
+            t.kafka_redelivered_messages.labels(tp.topic).inc(len(evs))
+            log.info("batch %s redelivered (%d messages); re-cut to its recorded range", batch_id, len(evs))
+        else:
+            # Not pruned by the committed offset: Faust records offsets as committed even when a
+            # commit failed, and a rebalance can move a partition's committed offset back by one
+            # message (measured: the last message of a batch redelivered). Keeping the most
+            # recent ranges re-cuts any such redelivery into its original batch.
+            ranges = [*recorded, (plan.first, plan.last)][-MAX_RECORDED:]
+            self._local_cuts[key] = ranges
+            with current_partition(last_event):
+                self.cuts[key] = [list(r) for r in ranges]
+            await self.app.producer.flush()
+        log.debug("batch %s: %d messages%s", batch_id, len(evs), " (redelivered)" if plan.redelivered else "")
+        spans = self._decode(tp.topic, evs)
+        batch = SpanBatch(spans=spans, batch_id=batch_id,
+                          meta={"received_at": time.monotonic(), "taken_at": time.monotonic(),
+                                "partition": tp.partition})
+        t.batch_spans.labels("all").observe(len(spans))
+        t.worker_batches_in_flight.inc()
+        try:
+            with current_partition(last_event):
+                try:
+                    await self.chain.run(batch)
+                except Exception:  # a bug, not bad data (the chain isolates bad spans, retries sinks)
+                    log.exception("batch %s failed unexpectedly; its %d spans are lost", batch_id, len(spans))
+                    t.dropped_spans.labels("internal_error").inc(len(spans))
+            self._last_event = last_event
+            await self.events.drain()
+            if self.alerts is not None:  # alerts this batch raised reach the alerts topic first
+                await self.alerts.router.flush(self.kcfg.produce_timeout)
+        finally:
+            t.worker_batches_in_flight.dec()
+        self._batches_done += 1
+        if (self._exit_after and self._batches_done >= self._exit_after) or (
+            self._exit_when_file is not None and os.path.exists(self._exit_when_file)
+        ):
+            log.error("TRACEPIPE_FAULT_EXIT_AFTER_SINKS: exiting after the sinks of batch %s, before its commit",
+                      batch_id)
+            logging.shutdown()
+            os._exit(137)
+        for ev in evs:
+            ev.ack()
+        try:
+            committed = await self.app.consumer.commit({tp})
+        except Exception:
+            committed = False
+            log.warning("commit of %s failed; the periodic commit will retry", tp, exc_info=True)
+        if not committed:
+            t.kafka_commits.labels("not_confirmed").inc()
+        self._done_offset[tp] = plan.last
+        self._update_lag(tp)
+
+    def _update_lag(self, only: Any = None) -> None:
+        """Consumer lag per partition: the end offset the consumer last saw minus what was processed."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:
+            return
+        for tp, done in list(self._done_offset.items()):
+            if only is not None and tp != only:
+                continue
+            if tp not in assigned:
+                self._done_offset.pop(tp, None)
+                with contextlib.suppress(KeyError):
+                    self.telemetry.kafka_consumer_lag.remove(tp.topic, str(tp.partition))
+                continue
+            try:
+                hw = self.app.consumer.highwater(tp)
+            except Exception:
+                continue
+            if hw is not None:
+                self.telemetry.kafka_consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - done - 1))
+
+    def _decode(self, topic: str, evs: list[Any]) -> list[Span]:
+        t = self.telemetry
+        spans: list[Span] = []
+        for ev in evs:
+            value = ev.value
+            try:
+                if value is None:
+                    raise ValueError("message without a value")
+                req = ExportTraceServiceRequest.FromString(value)
+                res = sanitize(req, self.max_attributes)
+                for reason, n in res.reasons.items():
+                    t.dropped_spans.labels(reason).inc(n)
+                spans.extend(decode_request(req))
+            except Exception as e:
+                t.kafka_malformed_messages.labels(topic).inc()
+                t.dropped_spans.labels("malformed_message").inc()
+                log.warning("skipping message %s[%d]@%d: not an OTLP ExportTraceServiceRequest (%s)",
+                            topic, ev.message.partition, ev.message.offset, type(e).__name__)
+        return spans
