@@ -1,0 +1,646 @@
+"""clickhouse sink: stores spans in ClickHouse (a server, or embedded chDB) for analytics.
+
+Tables (created on start when `create_schema` is true):
+- `<database>.<table>` (default `tracepipe.otel_traces`): the OTel Collector ClickHouse
+  exporter's `otel_traces` columns, types, indexes, partitioning and ordering, so Grafana's
+  ClickHouse plugin and existing otel_traces queries keep working, plus typed GenAI columns
+  filled from the canonical attributes (GenAiProvider, GenAiOperation, RequestModel,
+  ResponseModel, Input/Output/CacheRead/CacheCreationTokens, CostUsd — NULL when unpriced —,
+  UserId, SessionId, ConversationId, Feature, TenantId).
+- `<table>_trace_summary`: one row per trace (after merges), fed at insert time by the
+  materialized view `<table>_trace_summary_mv`: start/end, span and error counts, total cost
+  and tokens, root span name/service/status, services, models and the trace-level
+  Feature/UserId/TenantId/SessionId (any non-empty value among the trace's spans). Readers
+  aggregate it `GROUP BY TraceId` (see pipeline/query/traces.py).
+
+Delivery: every insert carries `insert_deduplication_token = <batch_id>#<chunk>` and the
+tables keep a deduplication window, so a redelivered batch is stored once, in the summary
+too (`deduplicate_blocks_in_dependent_materialized_views`). Retention is a table TTL on
+Timestamp (`ttl_days`); rows already older than that are dropped as they arrive.
+
+Rows are built column by column as Arrow (maps as Arrow map arrays) and sent with
+`insert_arrow`: the fastest path into ClickHouse and chDB (see bench/chdb_insert.py).
+All client calls run on one dedicated thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from pydantic import Field, field_validator
+
+from pipeline.component import BaseSink, ComponentConfig, ComponentContext, Factory, SinkError
+from pipeline.query.store import StoreLockedError, open_client, resolve_dsn
+from pipeline.spans import SPAN_KIND_NAMES, STATUS_CODE_NAMES, Span, SpanBatch
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+# ClickHouse error codes worth retrying (the server is busy, not the data wrong).
+_TRANSIENT_CODES = {
+    159,  # TIMEOUT_EXCEEDED
+    164,  # READONLY
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    252,  # TOO_MANY_PARTS
+    319,  # UNKNOWN_STATUS_OF_INSERT
+    425,  # SYSTEM_ERROR
+    999,  # KEEPER_EXCEPTION
+}
+# ClickHouse error codes meaning the rows themselves are unacceptable.
+_BAD_DATA_CODES = {
+    6,  # CANNOT_PARSE_TEXT
+    27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    53,  # TYPE_MISMATCH
+    69,  # ARGUMENT_OUT_OF_BOUND
+    70,  # CANNOT_CONVERT_TYPE
+    117,  # INCORRECT_DATA
+    131,  # TOO_LARGE_STRING_SIZE
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+}
+_CODE = re.compile(r"Code: (\d+)")
+
+DEDUP_WINDOW = 10_000  # inserted blocks remembered per table for redelivery deduplication
+
+
+class ClickHouseSinkConfig(ComponentConfig):
+    dsn: str | None = Field(
+        None,
+        description="Where to store: `http(s)://user:pass@host:8123/db` for a ClickHouse server, "
+        "`chdb:///abs/path` for embedded chDB. Unset: chdb://<service.data_dir>/clickhouse.",
+    )
+    database: str = Field("tracepipe", description="Database holding the tables (created if missing).")
+    table: str = Field(
+        "otel_traces",
+        description="Spans table (OTel Collector ClickHouse exporter columns plus GenAI columns); "
+        "the per-trace summary is `<table>_trace_summary`.",
+    )
+    ttl_days: int | None = Field(
+        30,
+        ge=1,
+        description="Retention: rows older than this many days (by span Timestamp) are dropped. "
+        "null keeps data forever.",
+    )
+    max_insert_rows: int = Field(
+        100_000, ge=1, description="Batches with more spans are inserted in chunks of at most this many rows."
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        description="Immediate retries of an insert that failed transiently (connection, busy "
+        "server) before the write fails back to the pipeline, which retries the batch with its own backoff.",
+    )
+    retry_backoff: float = Field(0.2, ge=0, description="Seconds before the first retry; doubles per retry.")
+    retry_backoff_max: float = Field(5.0, ge=0, description="Upper bound of the retry backoff, seconds.")
+    create_schema: bool = Field(True, description="Create the database, tables and view on start if missing.")
+    attribute_indexes: bool = Field(
+        True,
+        description="Bloom-filter skip indexes on the attribute maps' keys and values, as the OTel Collector "
+        "exporter creates them (speed up `SpanAttributes['k'] = 'v'` filters). Off, inserts take about half "
+        "the CPU (see bench/chdb_insert.py). Applies when the table is created.",
+    )
+    username: str | None = Field(None, description="User for a ClickHouse server (overrides the DSN's).")
+    password: str | None = Field(None, description="Password for a ClickHouse server (overrides the DSN's).")
+
+    @field_validator("database", "table")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not _IDENT.match(v):
+            raise ValueError("must be a plain identifier (letters, digits, underscore; not starting with a digit)")
+        return v
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("chdb:", "http://", "https://")):
+            raise ValueError("must start with chdb://, http:// or https://")
+        return v
+
+
+# --- schema ---------------------------------------------------------------------------
+
+
+def summary_table(table: str) -> str:
+    return f"{table}_trace_summary"
+
+
+_MAP_INDEXES = """\
+    INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
+"""
+
+
+def schema_statements(database: str, table: str, ttl_days: int | None, *, attribute_indexes: bool = True) -> list[str]:
+    """DDL for the database, the spans table, the trace summary table and its view."""
+    for name in (database, table):
+        if not _IDENT.match(name):
+            raise ValueError(f"not a plain identifier: {name!r}")
+    db, spans, summ = f"`{database}`", f"`{table}`", f"`{summary_table(table)}`"
+    mv = f"`{summary_table(table)}_mv`"
+    map_indexes = _MAP_INDEXES if attribute_indexes else ""
+    spans_ttl = f"TTL toDateTime(Timestamp) + toIntervalDay({int(ttl_days)})\n" if ttl_days else ""
+    summ_ttl = f"TTL toDateTime(Start) + toIntervalDay({int(ttl_days)})\n" if ttl_days else ""
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"""CREATE TABLE IF NOT EXISTS {db}.{spans} (
+    Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    ParentSpanId String CODEC(ZSTD(1)),
+    TraceState String CODEC(ZSTD(1)),
+    SpanName LowCardinality(String) CODEC(ZSTD(1)),
+    SpanKind LowCardinality(String) CODEC(ZSTD(1)),
+    ServiceName LowCardinality(String) CODEC(ZSTD(1)),
+    ResourceAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    ScopeName String CODEC(ZSTD(1)),
+    ScopeVersion String CODEC(ZSTD(1)),
+    SpanAttributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    Duration UInt64 CODEC(T64, ZSTD(1)),
+    StatusCode LowCardinality(String) CODEC(ZSTD(1)),
+    StatusMessage String CODEC(ZSTD(1)),
+    Events Nested (
+        Timestamp DateTime64(9),
+        Name LowCardinality(String),
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    Links Nested (
+        TraceId String,
+        SpanId String,
+        TraceState String,
+        Attributes Map(LowCardinality(String), String)
+    ) CODEC(ZSTD(1)),
+    GenAiProvider LowCardinality(String) CODEC(ZSTD(1)),
+    GenAiOperation LowCardinality(String) CODEC(ZSTD(1)),
+    RequestModel LowCardinality(String) CODEC(ZSTD(1)),
+    ResponseModel LowCardinality(String) CODEC(ZSTD(1)),
+    InputTokens UInt64 CODEC(T64, ZSTD(1)),
+    OutputTokens UInt64 CODEC(T64, ZSTD(1)),
+    CacheReadTokens UInt64 CODEC(T64, ZSTD(1)),
+    CacheCreationTokens UInt64 CODEC(T64, ZSTD(1)),
+    CostUsd Nullable(Float64) CODEC(ZSTD(1)),
+    UserId String CODEC(ZSTD(1)),
+    SessionId String CODEC(ZSTD(1)),
+    ConversationId String CODEC(ZSTD(1)),
+    Feature LowCardinality(String) CODEC(ZSTD(1)),
+    TenantId LowCardinality(String) CODEC(ZSTD(1)),
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
+{map_indexes}    INDEX idx_duration Duration TYPE minmax GRANULARITY 1,
+    INDEX idx_lower_span_name lower(SpanName) TYPE tokenbf_v1(32768, 3, 0) GRANULARITY 8,
+    INDEX idx_user_id UserId TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_request_model RequestModel TYPE bloom_filter(0.01) GRANULARITY 1
+) ENGINE = MergeTree
+PARTITION BY toDate(Timestamp)
+PRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))
+ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
+{spans_ttl}SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+    non_replicated_deduplication_window = {DEDUP_WINDOW}""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.{summ} (
+    TraceId String CODEC(ZSTD(1)),
+    Start SimpleAggregateFunction(min, DateTime64(9)),
+    End SimpleAggregateFunction(max, DateTime64(9)),
+    SpanCount SimpleAggregateFunction(sum, UInt64),
+    ErrorCount SimpleAggregateFunction(sum, UInt64),
+    LlmCalls SimpleAggregateFunction(sum, UInt64),
+    CostUsd SimpleAggregateFunction(sum, Nullable(Float64)),
+    InputTokens SimpleAggregateFunction(sum, UInt64),
+    OutputTokens SimpleAggregateFunction(sum, UInt64),
+    CacheReadTokens SimpleAggregateFunction(sum, UInt64),
+    CacheCreationTokens SimpleAggregateFunction(sum, UInt64),
+    RootSpanName SimpleAggregateFunction(max, String),
+    RootServiceName SimpleAggregateFunction(max, String),
+    RootStatusCode SimpleAggregateFunction(max, String),
+    Services SimpleAggregateFunction(groupUniqArrayArray, Array(String)),
+    Models SimpleAggregateFunction(groupUniqArrayArray, Array(String)),
+    Feature SimpleAggregateFunction(max, String),
+    UserId SimpleAggregateFunction(max, String),
+    TenantId SimpleAggregateFunction(max, String),
+    SessionId SimpleAggregateFunction(max, String)
+) ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(Start)
+ORDER BY TraceId
+{summ_ttl}SETTINGS index_granularity = 8192, non_replicated_deduplication_window = {DEDUP_WINDOW}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{mv} TO {db}.{summ} AS
+SELECT
+    TraceId,
+    min(Timestamp) AS Start,
+    max(addNanoseconds(Timestamp, toInt64(Duration))) AS End,
+    count() AS SpanCount,
+    countIf(StatusCode = 'Error') AS ErrorCount,
+    countIf(RequestModel != '' OR ResponseModel != '') AS LlmCalls,
+    sum(CostUsd) AS CostUsd,
+    sum(InputTokens) AS InputTokens,
+    sum(OutputTokens) AS OutputTokens,
+    sum(CacheReadTokens) AS CacheReadTokens,
+    sum(CacheCreationTokens) AS CacheCreationTokens,
+    max(if(ParentSpanId = '', toString(SpanName), '')) AS RootSpanName,
+    max(if(ParentSpanId = '', toString(ServiceName), '')) AS RootServiceName,
+    max(if(ParentSpanId = '', toString(StatusCode), '')) AS RootStatusCode,
+    groupUniqArray(toString(ServiceName)) AS Services,
+    groupUniqArrayIf(toString(if(RequestModel != '', RequestModel, ResponseModel)),
+                     RequestModel != '' OR ResponseModel != '') AS Models,
+    max(toString(Feature)) AS Feature,
+    max(UserId) AS UserId,
+    max(toString(TenantId)) AS TenantId,
+    max(SessionId) AS SessionId
+FROM {db}.{spans}
+GROUP BY TraceId""",
+    ]
+
+
+# --- rows as Arrow columns --------------------------------------------------------------
+
+_STR = pa.string()
+_MAP = pa.map_(pa.string(), pa.string())
+_TS = pa.timestamp("ns")
+
+
+def attr_text(value: Any) -> str:
+    """An attribute value as the Map(String) text: strings as-is, bools true/false,
+    numbers str(), lists/dicts (and bytes) as JSON."""
+    t = type(value)
+    if t is str:
+        return value
+    if t is bool:
+        return "true" if value else "false"
+    if t is int or t is float:
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+_chain = itertools.chain.from_iterable
+_NONE = type(None)
+_INT_TYPES = {int, _NONE}
+_NUM_TYPES = {int, float, _NONE}
+_KIND_NAMES = dict(enumerate(SPAN_KIND_NAMES))
+_STATUS_NAMES = dict(enumerate(STATUS_CODE_NAMES))
+_I64 = 2**63 - 1
+_U64 = 2**64 - 1
+
+
+def _map_array(dicts: list[dict[str, Any]]) -> pa.MapArray:
+    """Attribute dicts as one Arrow map<string, string> array (values as `attr_text`)."""
+    offsets = list(itertools.accumulate(map(len, dicts), initial=0))
+    keys = list(_chain(dicts))
+    values = [
+        v if (c := v.__class__) is str else str(v) if c is int or c is float else attr_text(v)
+        for v in _chain(map(dict.values, dicts))
+    ]
+    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(keys, _STR), pa.array(values, _STR))
+
+
+def _list_offsets(lengths: list[int]) -> pa.Array:
+    return pa.array(list(itertools.accumulate(lengths, initial=0)), pa.int32())
+
+
+def _clamp_ns(values: list[int]) -> list[int]:
+    """Timestamps as int64 nanoseconds (protobuf fixed64 can exceed int64)."""
+    if values and (min(values) < 0 or max(values) > _I64):
+        return [0 if v < 0 else _I64 if v > _I64 else v for v in values]
+    return values
+
+
+_STR_ONLY = {str}
+
+
+def _text_column(attrs: list[dict[str, Any]], key: str, present: set[str]) -> pa.Array:
+    """The attribute as a string column ("" where absent); `present`: keys of the batch."""
+    if key not in present:
+        return pa.array([""] * len(attrs), _STR)
+    col = [a.get(key, "") for a in attrs]
+    if not set(map(type, col)) <= _STR_ONLY:
+        col = [v if v.__class__ is str else attr_text(v) for v in col]
+    return pa.array(col, _STR)
+
+
+def _token_value(v: Any) -> int:
+    if v is None or v.__class__ is bool:
+        return 0
+    try:
+        n = int(float(v)) if v.__class__ is not int else v
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return n if 0 < n <= _U64 else 0 if n <= 0 else _U64
+
+
+def _token_column(attrs: list[dict[str, Any]], key: str, present: set[str]) -> pa.Array:
+    if key not in present:
+        return pa.array([0] * len(attrs), pa.uint64())
+    vals = [a.get(key) for a in attrs]
+    if set(map(type, vals)) <= _INT_TYPES:
+        try:
+            arr = pa.array(vals, pa.int64())
+            return pc.max_element_wise(arr, 0).fill_null(0).cast(pa.uint64())
+        except (pa.ArrowInvalid, OverflowError):
+            pass
+    return pa.array([_token_value(v) for v in vals], pa.uint64())
+
+
+def _cost_value(v: Any) -> float | None:
+    if v is None or v.__class__ is bool:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _cost_column(attrs: list[dict[str, Any]], present: set[str]) -> pa.Array:
+    if "gen_ai.usage.cost_usd" not in present:
+        return pa.nulls(len(attrs), pa.float64())
+    vals = [a.get("gen_ai.usage.cost_usd") for a in attrs]
+    if set(map(type, vals)) <= _NUM_TYPES:
+        try:
+            arr = pa.array(vals, pa.float64())
+            return pc.if_else(pc.is_finite(arr), arr, pa.scalar(None, pa.float64()))
+        except (pa.ArrowInvalid, OverflowError):
+            pass
+    return pa.array([_cost_value(v) for v in vals], pa.float64())
+
+
+def spans_to_arrow(spans: list[Span]) -> pa.Table:
+    """The spans as an Arrow table with the spans table's columns, built column by column."""
+    attrs = [s.attributes for s in spans]
+    present = set(_chain(attrs))  # attribute keys of this batch: absent typed columns cost nothing
+    # Resources are shared by the spans of one ResourceSpans: convert each once, then take.
+    resources = [s.resource for s in spans]
+    first: dict[int, int] = {}
+    res_idx = [first.setdefault(id(r), len(first)) for r in resources]
+    uniq = list({id(r): r for r in resources}.values())
+    services = []
+    for r in uniq:
+        svc = r.attributes.get("service.name")
+        services.append(svc if svc.__class__ is str and svc else "unknown_service")
+    take = pa.array(res_idx, pa.int32())
+    starts = _clamp_ns([s.start_ns for s in spans])
+    ends = [s.end_ns for s in spans]
+    durations = [e - b if e > b else 0 for b, e in zip(starts, ends, strict=True)]
+    if durations and max(durations) > _U64:
+        durations = [min(d, _U64) for d in durations]
+
+    ev_lens = [len(s.events) for s in spans]
+    events = list(_chain(s.events for s in spans)) if any(ev_lens) else []
+    ln_lens = [len(s.links) for s in spans]
+    links = list(_chain(s.links for s in spans)) if any(ln_lens) else []
+    ev_off, ln_off = _list_offsets(ev_lens), _list_offsets(ln_lens)
+
+    if "gen_ai.provider.name" in present or "gen_ai.system" in present:
+        providers = [a.get("gen_ai.provider.name") or a.get("gen_ai.system") or "" for a in attrs]
+        providers = [v if v.__class__ is str else attr_text(v) for v in providers]
+    else:
+        providers = [""] * len(attrs)
+    u64 = pa.uint64()
+    columns: dict[str, pa.Array] = {
+        "Timestamp": pa.array(starts, _TS),
+        "TraceId": pa.array([s.trace_id for s in spans], _STR),
+        "SpanId": pa.array([s.span_id for s in spans], _STR),
+        "ParentSpanId": pa.array([s.parent_span_id for s in spans], _STR),
+        "TraceState": pa.array([s.trace_state for s in spans], _STR),
+        "SpanName": pa.array([s.name for s in spans], _STR),
+        "SpanKind": pa.array([_KIND_NAMES.get(s.kind, "Unspecified") for s in spans], _STR),
+        "ServiceName": pa.array([services[i] for i in res_idx], _STR),
+        "ResourceAttributes": _map_array([r.attributes for r in uniq]).take(take),
+        "ScopeName": pa.array([s.scope_name for s in spans], _STR),
+        "ScopeVersion": pa.array([s.scope_version for s in spans], _STR),
+        "SpanAttributes": _map_array(attrs),
+        "Duration": pa.array(durations, u64),
+        "StatusCode": pa.array([_STATUS_NAMES.get(s.status_code, "Unset") for s in spans], _STR),
+        "StatusMessage": pa.array([s.status_message for s in spans], _STR),
+        "Events.Timestamp": pa.ListArray.from_arrays(ev_off, pa.array(_clamp_ns([e.time_ns for e in events]), _TS)),
+        "Events.Name": pa.ListArray.from_arrays(ev_off, pa.array([e.name for e in events], _STR)),
+        "Events.Attributes": pa.ListArray.from_arrays(ev_off, _map_array([e.attributes for e in events])),
+        "Links.TraceId": pa.ListArray.from_arrays(ln_off, pa.array([lk.trace_id for lk in links], _STR)),
+        "Links.SpanId": pa.ListArray.from_arrays(ln_off, pa.array([lk.span_id for lk in links], _STR)),
+        "Links.TraceState": pa.ListArray.from_arrays(ln_off, pa.array([lk.trace_state for lk in links], _STR)),
+        "Links.Attributes": pa.ListArray.from_arrays(ln_off, _map_array([lk.attributes for lk in links])),
+        "GenAiProvider": pa.array(providers, _STR),
+        "GenAiOperation": _text_column(attrs, "gen_ai.operation.name", present),
+        "RequestModel": _text_column(attrs, "gen_ai.request.model", present),
+        "ResponseModel": _text_column(attrs, "gen_ai.response.model", present),
+        "InputTokens": _token_column(attrs, "gen_ai.usage.input_tokens", present),
+        "OutputTokens": _token_column(attrs, "gen_ai.usage.output_tokens", present),
+        "CacheReadTokens": _token_column(attrs, "gen_ai.usage.cache_read.input_tokens", present),
+        "CacheCreationTokens": _token_column(attrs, "gen_ai.usage.cache_creation.input_tokens", present),
+        "CostUsd": _cost_column(attrs, present),
+        "UserId": _text_column(attrs, "user.id", present),
+        "SessionId": _text_column(attrs, "session.id", present),
+        "ConversationId": _text_column(attrs, "gen_ai.conversation.id", present),
+        "Feature": _text_column(attrs, "app.feature", present),
+        "TenantId": _text_column(attrs, "tenant.id", present),
+    }
+    return pa.table(columns)
+
+
+# --- the sink ---------------------------------------------------------------------------
+
+
+def error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    m = _CODE.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same insert can help (connection trouble, a busy server)."""
+    if isinstance(exc, OperationalError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, DatabaseError):
+        return error_code(exc) in _TRANSIENT_CODES
+    return False
+
+
+def is_bad_data(exc: BaseException) -> bool:
+    """Whether the server refused the data itself (retrying the same rows cannot help)."""
+    return isinstance(exc, DatabaseError) and error_code(exc) in _BAD_DATA_CODES
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its credentials, for logs and errors."""
+    parts = urlsplit(dsn)
+    if parts.password is None and parts.username is None:
+        return dsn
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def dedup_token(batch_id: str, chunk: int) -> str:
+    return f"{batch_id}#{chunk}"
+
+
+class ClickHouseSink(BaseSink):
+    def __init__(self, component_id: str, cfg: ClickHouseSinkConfig, ctx: ComponentContext) -> None:
+        super().__init__(component_id, ctx)
+        self.cfg = cfg
+        self.dsn = resolve_dsn(cfg.dsn, ctx.data_dir)
+        self.target = f"`{cfg.database}`.`{cfg.table}`"
+        # Client calls on one thread; Arrow encoding on another, so a batch's encoding overlaps
+        # the previous batch's insert (chDB and the HTTP client release the GIL while inserting).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{component_id}")
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{component_id}-encode")
+        self._client: Any = None
+        self._ready = False
+        self._sleep = asyncio.sleep  # replaceable in tests
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        """Connect and create the schema. A server that cannot be reached yet is not fatal: the
+        sink stays not-ready and connects on the next write (which fails retryably until then).
+        StoreLockedError (another process holds the chDB directory), bad credentials and the
+        like propagate: their message tells the user what to fix."""
+        try:
+            await self._connect()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            self.ctx.logger.warning(
+                "%s: ClickHouse at %s is unreachable (%s); will connect on the next write",
+                self.component_id,
+                redact_dsn(self.dsn),
+                type(e).__name__,
+            )
+
+    async def _connect(self) -> None:
+        self._client = await self._run(self._open)
+        self._ready = True
+
+    def _open(self) -> Any:
+        client = open_client(self.dsn, username=self.cfg.username, password=self.cfg.password)
+        if self.cfg.create_schema:
+            for stmt in schema_statements(
+                self.cfg.database, self.cfg.table, self.cfg.ttl_days, attribute_indexes=self.cfg.attribute_indexes
+            ):
+                client.command(stmt)
+        return client
+
+    def ready(self) -> bool:
+        return self._ready
+
+    async def write(self, batch: SpanBatch) -> None:
+        if not batch.spans:
+            return
+        if self._client is None:
+            try:
+                await self._connect()
+            except Exception as e:
+                raise SinkError(
+                    f"{self.component_id}: cannot connect to ClickHouse at {redact_dsn(self.dsn)}: {type(e).__name__}",
+                    retryable=not isinstance(e, StoreLockedError),
+                ) from e
+        step = self.cfg.max_insert_rows
+        spans = batch.spans
+        chunks = [spans[lo : lo + step] for lo in range(0, len(spans), step)]
+        loop = asyncio.get_running_loop()
+        pending = loop.run_in_executor(self._encoder, self._encode, chunks[0])
+        try:
+            for i, chunk in enumerate(chunks):
+                table = await pending
+                if i + 1 < len(chunks):  # encode the next chunk while this one is inserted
+                    pending = loop.run_in_executor(self._encoder, self._encode, chunks[i + 1])
+                await self._insert_chunk(table, len(chunk), dedup_token(batch.batch_id, i))
+        finally:
+            if not pending.done():
+                pending.cancel()
+
+    def _encode(self, spans: list[Span]) -> pa.Table:
+        """The chunk as Arrow; spans that cannot be encoded are dropped (counted), not the chunk."""
+        try:
+            return spans_to_arrow(spans)
+        except Exception:
+            good: list[Span] = []
+            for span in spans:
+                try:
+                    spans_to_arrow([span])
+                except Exception:
+                    continue
+                good.append(span)
+            bad = len(spans) - len(good)
+            self.ctx.logger.error("%s: dropped %d span(s) that could not be encoded", self.component_id, bad)
+            self.ctx.telemetry.count_drop(self.component_id, "unencodable", bad, processor=False)
+            return spans_to_arrow(good)
+
+    async def _insert_chunk(self, table: pa.Table, n_spans: int, token: str) -> None:
+        if table.num_rows == 0:
+            return
+        backoff = self.cfg.retry_backoff
+        attempt = 0
+        while True:
+            try:
+                await self._run(self._insert, table, token)
+                return
+            except Exception as e:
+                transient = is_transient(e)
+                if not transient or attempt >= self.cfg.retries:
+                    # Only data the server refuses is dropped; anything else (a missing table, an
+                    # unknown failure) stays retryable so the batch is not lost.
+                    # Never put attribute values in the message: name the error only.
+                    code = error_code(e)
+                    detail = f"{type(e).__name__}" + (f" (ClickHouse code {code})" if code else "")
+                    raise SinkError(
+                        f"{self.component_id}: insert of {n_spans} spans into {self.target} failed: {detail}",
+                        retryable=not is_bad_data(e),
+                    ) from e
+                attempt += 1
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.cfg.retry_backoff_max)
+
+    def _insert(self, table: pa.Table, token: str) -> None:
+        self._client.insert_arrow(
+            f"{self.cfg.database}.{self.cfg.table}",
+            table,
+            settings={
+                "insert_deduplicate": 1,
+                "insert_deduplication_token": token,
+                "deduplicate_blocks_in_dependent_materialized_views": 1,
+            },
+        )
+
+    async def flush(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._ready = False
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await self._run(client.close)
+            except Exception:
+                self.ctx.logger.warning("%s: closing the ClickHouse client failed", self.component_id)
+        self._executor.shutdown(wait=True)
+        self._encoder.shutdown(wait=True)
+
+
+def _create(component_id: str, cfg: ClickHouseSinkConfig, ctx: ComponentContext) -> ClickHouseSink:
+    return ClickHouseSink(component_id, cfg, ctx)
+
+
+factory: Factory[ClickHouseSinkConfig, ClickHouseSink] = Factory(
+    type="clickhouse",
+    config_model=ClickHouseSinkConfig,
+    create=_create,
+    description="Stores spans in ClickHouse (server or embedded chDB): otel_traces columns plus GenAI columns, "
+    "a per-trace summary, deduplicated per batch.",
+)

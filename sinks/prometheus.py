@@ -1,0 +1,113 @@
+"""prometheus sink: turns spans into low-cardinality metrics on tracepipe's /metrics.
+
+Per batch it aggregates spans by (service, model, operation, status) and updates:
+- tracepipe_spans_total, tracepipe_span_duration_seconds (histogram), for every span;
+- tracepipe_llm_calls_total, tracepipe_llm_cost_usd_total, tracepipe_llm_tokens_total{type},
+  for GenAI spans (those carrying a model).
+Labels never include user, session or trace ids; model and operation values are capped
+(`service.metrics` label guard) and the excess folds into "other".
+
+The exposition itself is served by the runtime on `service.metrics.endpoint`. Metrics
+are process-local counters, so a redelivered batch in the distributed runtime counts
+again: Prometheus counters are approximate under redelivery by nature.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from pydantic import Field
+
+from pipeline.component import BaseSink, ComponentConfig, ComponentContext, Factory
+from pipeline.spans import STATUS_ERROR, STATUS_OK, SpanBatch
+
+_TOKEN_KEYS = (
+    ("input", "gen_ai.usage.input_tokens"),
+    ("output", "gen_ai.usage.output_tokens"),
+    ("cache_read", "gen_ai.usage.cache_read.input_tokens"),
+    ("cache_creation", "gen_ai.usage.cache_creation.input_tokens"),
+)
+_STATUS = {STATUS_ERROR: "error", STATUS_OK: "ok"}
+
+
+class PrometheusSinkConfig(ComponentConfig):
+    all_spans: bool = Field(
+        True, description="Count and time every span; false limits the metrics to GenAI spans (with a model)."
+    )
+    operation_from_span_name: bool = Field(
+        True,
+        description="Use the span name as `operation` when gen_ai.operation.name is absent "
+        "(span names should be low-cardinality; excess values fold into `other`).",
+    )
+
+
+def _num(value: object) -> float:
+    if isinstance(value, bool) or value is None:
+        return 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
+class PrometheusSink(BaseSink):
+    def __init__(self, component_id: str, cfg: PrometheusSinkConfig, ctx: ComponentContext) -> None:
+        super().__init__(component_id, ctx)
+        self.cfg = cfg
+
+    async def write(self, batch: SpanBatch) -> None:
+        t = self.ctx.telemetry
+        guard = t.guard
+        counts: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        durations: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        llm_calls: dict[tuple[str, str, str, str, str], int] = defaultdict(int)
+        llm_cost: dict[tuple[str, str, str, str], float] = defaultdict(float)
+        llm_tokens: dict[tuple[str, str, str, str, str], float] = defaultdict(float)
+        all_spans = self.cfg.all_spans
+        from_name = self.cfg.operation_from_span_name
+        for span in batch.spans:
+            a = span.attributes
+            model = a.get("gen_ai.response.model") or a.get("gen_ai.request.model")
+            if not model and not all_spans:
+                continue
+            service = guard("service", span.resource.service_name)
+            op = a.get("gen_ai.operation.name") or (span.name if from_name else "span")
+            operation = guard("operation", str(op))
+            model_l = guard("model", str(model)) if model else "none"
+            status = _STATUS.get(span.status_code, "unset")
+            counts[(service, model_l, operation, status)] += 1
+            durations[(service, model_l, operation)].append(span.duration_ns / 1e9)
+            if model:
+                provider = guard("provider", str(a.get("gen_ai.provider.name") or "unknown"))
+                llm_calls[(service, provider, model_l, operation, status)] += 1
+                cost = a.get("gen_ai.usage.cost_usd")
+                if cost is not None:
+                    llm_cost[(service, provider, model_l, operation)] += _num(cost)
+                for type_name, key in _TOKEN_KEYS:
+                    v = a.get(key)
+                    if v:
+                        llm_tokens[(service, provider, model_l, operation, type_name)] += _num(v)
+        for labels, n in counts.items():
+            t.spans.labels(*labels).inc(n)
+        for labels, values in durations.items():
+            hist = t.span_duration.labels(*labels)
+            for v in values:
+                hist.observe(v)
+        for labels, n in llm_calls.items():
+            t.llm_calls.labels(*labels).inc(n)
+        for labels, usd in llm_cost.items():
+            if usd > 0:
+                t.llm_cost.labels(*labels).inc(usd)
+        for labels, n in llm_tokens.items():
+            if n > 0:
+                t.llm_tokens.labels(*labels).inc(n)
+
+
+factory = Factory(
+    type="prometheus",
+    config_model=PrometheusSinkConfig,
+    create=lambda cid, cfg, ctx: PrometheusSink(cid, cfg, ctx),
+    description="LLM and span metrics (cost, tokens, calls, durations) on the /metrics endpoint.",
+)
