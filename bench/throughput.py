@@ -1,0 +1,221 @@
+"""Embedded-path throughput and latency: OTLP -> chain -> chDB in one `tracepipe run` process.
+
+Prints, from one run:
+- the raw floor: protobuf parse alone, OTLP -> Span decode alone, chDB insert alone
+  (Arrow table of the sink's own column layout), each in spans/s on one core;
+- the whole path: spans/s of the pipeline process per core (spans stored / CPU seconds
+  the process used) and per wall second, with 10 attributes per span and GenAI spans
+  carrying a few KB of prompt and completion;
+- receive-to-queryable latency p50/p99: a trace is sent, then the query API is polled
+  until the trace is there, while a background load runs.
+
+    python bench/throughput.py [--spans 150000] [--latency-samples 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.workload import make_request, spans_in
+from tests.pipeline_proc import PipelineProcess, start_pipeline
+
+TRACES_PER_REQUEST = 170  # 510 spans: the OTel SDK's default export batch is 512
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def floor_figures(bodies: list[bytes], n_spans: int) -> dict[str, float]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from pipeline.otlp.decode import decode_request
+
+    t0 = time.process_time()
+    reqs = [ExportTraceServiceRequest.FromString(b) for b in bodies]
+    parse = n_spans / (time.process_time() - t0)
+    t0 = time.process_time()
+    spans = [s for r in reqs for s in decode_request(r)]
+    decode = n_spans / (time.process_time() - t0)
+    insert = chdb_insert_floor(spans)
+    return {"protobuf parse": parse, "OTLP -> Span decode": decode, "chDB insert_arrow": insert}
+
+
+def chdb_insert_floor(spans: list) -> float:
+    """Insert the sink's own Arrow table straight into chDB, timing the insert alone."""
+    import subprocess
+
+    code = r"""
+import sys, time, pickle
+import clickhouse_connect
+sys.path.insert(0, sys.argv[2])
+from sinks.clickhouse import spans_to_arrow, schema_statements
+spans = pickle.load(open(sys.argv[1], "rb"))
+table = spans_to_arrow(spans)
+import tempfile
+d = tempfile.mkdtemp()
+c = clickhouse_connect.get_client(dsn=f"chdb://{d}")
+for stmt in schema_statements("bench", "otel_traces", None):
+    c.command(stmt)
+t0 = time.perf_counter()
+c.insert_arrow("bench.otel_traces", table)
+print(len(spans) / (time.perf_counter() - t0))
+"""
+    import pickle
+
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+        pickle.dump(spans, f)
+    try:
+        out = subprocess.run([sys.executable, "-c", code, f.name, str(Path(__file__).resolve().parents[1])],
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            print(out.stderr[-2000:], file=sys.stderr)
+            return float("nan")
+        return float(out.stdout.strip().splitlines()[-1])
+    finally:
+        os.unlink(f.name)
+
+
+async def sent_spans(session: aiohttp.ClientSession, p: PipelineProcess) -> float:
+    async with session.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith('tracepipe_sink_sent_spans_total{sink="clickhouse"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def post_with_retry(session: aiohttp.ClientSession, url: str, body: bytes) -> int:
+    retries = 0
+    while True:
+        async with session.post(url, data=body, headers={"Content-Type": "application/x-protobuf"}) as r:
+            await r.read()
+            if r.status == 200:
+                return retries
+            if r.status in (429, 503):
+                retries += 1
+                await asyncio.sleep(float(r.headers.get("Retry-After", "0.1")) / 10)
+                continue
+            raise RuntimeError(f"unexpected status {r.status}")
+
+
+async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, concurrency: int = 4) -> dict:
+    url = f"{p.otlp_http}/v1/traces"
+    async with aiohttp.ClientSession() as session:
+        base = await sent_spans(session, p)
+        cpu0 = cpu_seconds(p.proc.pid)
+        t0 = time.perf_counter()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for b in bodies:
+            queue.put_nowait(b)
+        retries = 0
+
+        async def sender() -> None:
+            nonlocal retries
+            while not queue.empty():
+                retries += await post_with_retry(session, url, queue.get_nowait())
+
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        accepted = time.perf_counter() - t0
+        while await sent_spans(session, p) - base < n_spans:
+            await asyncio.sleep(0.05)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(p.proc.pid) - cpu0
+    return {"wall_s": wall, "accept_s": accepted, "cpu_s": cpu, "per_core": n_spans / cpu,
+            "per_wall": n_spans / wall, "retries": retries}
+
+
+async def latency(p: PipelineProcess, samples: int, background_rps: float) -> list[float]:
+    """Receive-to-queryable: POST one trace, poll the API until it answers 200."""
+    url = f"{p.otlp_http}/v1/traces"
+    background = [make_request(TRACES_PER_REQUEST, seed=10_000 + i).SerializeToString() for i in range(20)]
+    out: list[float] = []
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+
+        async def load() -> None:
+            i = 0
+            while not stop.is_set():
+                await post_with_retry(session, url, background[i % len(background)])
+                i += 1
+                await asyncio.sleep(1 / background_rps)
+
+        bg = asyncio.create_task(load())
+        for i in range(samples):
+            req = make_request(1, seed=900_000 + i)
+            trace_id = req.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+            t0 = time.perf_counter()
+            await post_with_retry(session, url, req.SerializeToString())
+            while True:
+                async with session.get(f"{p.api}/api/traces/{trace_id}") as r:
+                    await r.read()
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.005)
+            out.append(time.perf_counter() - t0)
+        stop.set()
+        await bg
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spans", type=int, default=150_000)
+    ap.add_argument("--latency-samples", type=int, default=100)
+    ap.add_argument("--background-rps", type=float, default=10.0, help="background requests/s during latency")
+    args = ap.parse_args()
+
+    n_requests = max(1, args.spans // (TRACES_PER_REQUEST * 3))
+    reqs = [make_request(TRACES_PER_REQUEST, seed=i) for i in range(n_requests)]
+    bodies = [r.SerializeToString() for r in reqs]
+    n_spans = sum(spans_in(r) for r in reqs)
+    print(f"workload: {n_spans} spans in {len(bodies)} requests of {TRACES_PER_REQUEST * 3} spans, "
+          f"10 attributes/span, {sum(map(len, bodies)) / n_spans:.0f} bytes/span on the wire")
+
+    floors = floor_figures(bodies, n_spans)
+    for name, value in floors.items():
+        print(f"floor  {name:<24} {value:>12,.0f} spans/s (one core)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = start_pipeline(Path(tmp) / "data")
+        try:
+            r = asyncio.run(throughput(p, bodies, n_spans))
+            print(f"path   OTLP/HTTP -> chain -> chDB  {r['per_core']:>10,.0f} spans/s per core "
+                  f"({r['cpu_s']:.1f} CPU s),  {r['per_wall']:,.0f} spans/s wall, {r['retries']} retried requests")
+            lat = asyncio.run(latency(p, args.latency_samples, args.background_rps))
+            print(f"latency receive->queryable  p50 {pct(lat, 0.5) * 1000:.0f} ms  p99 {pct(lat, 0.99) * 1000:.0f} ms "
+                  f"({len(lat)} traces, background {args.background_rps:.0f} req/s of "
+                  f"{TRACES_PER_REQUEST * 3} spans)")
+            print(f"memory pipeline process peak RSS {rss_mb(p.proc.pid):.0f} MB")
+        finally:
+            p.stop()
+    print(f"ratio  path per core / decode floor = {r['per_core'] / floors['OTLP -> Span decode']:.2f}, "
+          f"path per core / chDB insert floor = {r['per_core'] / floors['chDB insert_arrow']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
