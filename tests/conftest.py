@@ -1,0 +1,50 @@
+"""Shared fixtures. Services are started for real on free loopback ports (see tests/services)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.services import free_port, start_service
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The one chDB directory of this pytest session: chDB allows one engine path per process,
+    so every in-process chDB test uses this DSN and isolates itself by `database` name
+    (the `chdb_database` fixture), closing its clients when done."""
+    return "chdb://" + str(tmp_path_factory.mktemp("chdb").resolve())
+
+
+@pytest.fixture(scope="session")
+def clickhouse_dsn(chdb_dsn: str):
+    """The ClickHouse the sink and query tests run against: the session's chDB directory, or a
+    ClickHouse server container (HTTP) when TRACEPIPE_TEST_CONTAINERS=1 and Docker is reachable."""
+    from tests.services import containers_enabled
+
+    if not containers_enabled():
+        yield chdb_dsn
+        return
+    svc = start_service("clickhouse")
+    yield svc.url
+    svc.stop()
+
+
+@pytest.fixture
+def chdb_database(request: pytest.FixtureRequest) -> str:
+    """A database name of its own for this test (in the session's chDB directory)."""
+    import re
+    import uuid
+
+    return "t_" + re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:40] + "_" + uuid.uuid4().hex[:6]
+
+
+@pytest.fixture(scope="session")
+def redis_service():
+    svc = start_service("redis")
+    yield svc
+    svc.stop()

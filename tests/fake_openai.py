@@ -1,0 +1,103 @@
+"""A small fake OpenAI HTTP API (aiohttp) for instrumentation tests: chat completions (plain and
+streamed, with a usage block including cached prompt tokens) and embeddings."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from aiohttp import web
+
+from tests.services import free_port
+
+CHAT_RESPONSE_MODEL = "gpt-4o-mini-2024-07-18"
+CHAT_USAGE = {"prompt_tokens": 1200, "completion_tokens": 80, "cached_tokens": 1024}
+STREAM_USAGE = {"prompt_tokens": 30, "completion_tokens": 12, "cached_tokens": 0}
+EMBED_USAGE = {"prompt_tokens": 2}
+
+
+def _usage(u: dict[str, int]) -> dict[str, object]:
+    return {
+        "prompt_tokens": u["prompt_tokens"],
+        "completion_tokens": u["completion_tokens"],
+        "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
+        "prompt_tokens_details": {"cached_tokens": u["cached_tokens"], "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    created = int(time.time())
+    if not body.get("stream"):
+        return web.json_response(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": created,
+                "model": CHAT_RESPONSE_MODEL,
+                "system_fingerprint": "fp_test",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello!"},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _usage(CHAT_USAGE),
+            }
+        )
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+
+    def chunk(delta: dict[str, object], finish: str | None, usage: dict[str, object] | None = None) -> bytes:
+        doc = {
+            "id": "chatcmpl-2",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": CHAT_RESPONSE_MODEL,
+            "choices": [] if usage is not None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "usage": usage,
+        }
+        return f"data: {json.dumps(doc)}\n\n".encode()
+
+    await resp.write(chunk({"role": "assistant", "content": ""}, None))
+    for word in ("One", ", two", ", three."):
+        await resp.write(chunk({"content": word}, None))
+    await resp.write(chunk({}, "stop"))
+    await resp.write(chunk({}, None, _usage(STREAM_USAGE)))
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await request.json()
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "model": body.get("model", "text-embedding-3-small"),
+            "usage": {"prompt_tokens": EMBED_USAGE["prompt_tokens"], "total_tokens": EMBED_USAGE["prompt_tokens"]},
+        }
+    )
+
+
+class FakeOpenAI:
+    """Start with `await start()`, stop with `await stop()`; `base_url` has no /v1."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        app.router.add_post("/v1/embeddings", embeddings)
+        self._runner = web.AppRunner(app)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

@@ -1,0 +1,79 @@
+"""Pure parts of the distributed runtime: splitting requests by trace, re-cutting redeliveries."""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from bench.workload import make_request, spans_in
+from pipeline.transport.kafka_producer import split_by_trace
+from pipeline.worker.cuts import PlannedBatch, plan_batches
+
+
+def test_split_by_trace_gives_one_keyed_message_per_trace_with_wrappers_kept() -> None:
+    req = make_request(5, seed=3, prompt_bytes=10)
+    # two traces sharing one ResourceSpans/ScopeSpans: move trace 1's spans under trace 0's scope
+    req.resource_spans[0].scope_spans[0].spans.extend(req.resource_spans[1].scope_spans[0].spans)
+    del req.resource_spans[1]
+    messages = split_by_trace(req)
+    assert len(messages) == 5
+    total = 0
+    for key, value in messages:
+        part = ExportTraceServiceRequest.FromString(value)
+        tids = {sp.trace_id.hex() for rs in part.resource_spans for ss in rs.scope_spans for sp in ss.spans}
+        assert tids == {key.decode()}
+        for rs in part.resource_spans:
+            assert rs.resource.attributes[0].key == "service.name"
+            assert all(ss.scope.name == "bench" for ss in rs.scope_spans)
+        total += spans_in(part)
+    assert total == spans_in(req)
+
+
+def test_split_by_trace_sends_a_single_trace_request_unchanged() -> None:
+    req = make_request(1, seed=4, prompt_bytes=10)
+    [(key, value)] = split_by_trace(req)
+    assert value == req.SerializeToString()
+    assert key.decode() == req.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+
+
+def test_fresh_offsets_form_one_batch() -> None:
+    plans, held = plan_batches([10, 11, 12], [])
+    assert plans == [PlannedBatch(0, 3, 10, 12, False)] and held == 3
+
+
+def test_redelivered_offsets_are_recut_to_their_recorded_range() -> None:
+    # recorded (stored, not committed): 10-12 and 13-14; redelivered as one take 10..16
+    plans, held = plan_batches([10, 11, 12, 13, 14, 15, 16], [(10, 12), (13, 14)])
+    assert [(p.first, p.last, p.redelivered) for p in plans] == [(10, 12, True), (13, 14, True), (15, 16, False)]
+    assert held == 7
+
+
+def test_incomplete_redelivered_range_is_held_until_complete_or_forced() -> None:
+    plans, held = plan_batches([10, 11], [(10, 12)])
+    assert plans == [] and held == 0
+    plans, held = plan_batches([10, 11], [(10, 12)], force=True)
+    assert [(p.first, p.last) for p in plans] == [(10, 12)] and held == 2
+
+
+def test_new_batch_never_straddles_a_later_recorded_range() -> None:
+    plans, _ = plan_batches([5, 6, 7, 8], [(7, 8)])
+    assert [(p.first, p.last, p.redelivered) for p in plans] == [(5, 6, False), (7, 8, True)]
+
+
+def test_kafka_security_reaches_the_producer_and_the_faust_worker() -> None:
+    import faust
+
+    from pipeline.config import KafkaSecurityConfig, KafkaTransportConfig
+    from pipeline.transport.kafka_common import faust_broker_settings, security_kwargs
+
+    sec = KafkaSecurityConfig(protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256", sasl_username="u",
+                              sasl_password="p")
+    assert security_kwargs(sec) == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+                                    "sasl_plain_username": "u", "sasl_plain_password": "p"}
+    settings = faust_broker_settings(KafkaTransportConfig(brokers="a:1, b:2", security=sec))
+    assert settings["broker"] == ["kafka://a:1", "kafka://b:2"]
+    creds = settings["broker_credentials"]
+    assert isinstance(creds, faust.SASLCredentials)
+    assert creds.mechanism.name == "SCRAM_SHA_256" and creds.username == "u"
+    tls = faust_broker_settings(KafkaTransportConfig(security=KafkaSecurityConfig(protocol="SSL")))
+    assert isinstance(tls["broker_credentials"], faust.SSLCredentials)
+    assert "broker_credentials" not in faust_broker_settings(KafkaTransportConfig())
