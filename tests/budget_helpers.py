@@ -15,7 +15,10 @@ from pipeline.state import MemoryStateStore
 from pipeline.telemetry import Telemetry
 
 _ids = itertools.count(1)
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()
+# The injected clock runs ahead of the real one: Redis expires counter keys (EXPIREAT, period
+# end + grace) on its own clock, so a test clock in the past would see its counters vanish.
+# 2037 has 2026's calendar (23 November is a Monday); tests still never sleep.
+T0 = datetime(2037, 11, 23, 10, 0, tzinfo=UTC).timestamp()
 
 
 class Clock:

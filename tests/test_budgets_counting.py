@@ -104,21 +104,21 @@ async def test_same_batch_id_from_another_sink_counts_separately(tmp_path: Path,
 
 async def test_period_rolls_over_at_local_midnight(tmp_path: Path, store_url: str | None) -> None:
     paris = ZoneInfo("Europe/Paris")
-    before = datetime(2026, 11, 23, 23, 59, tzinfo=paris).timestamp()
-    after = datetime(2026, 11, 24, 0, 1, tzinfo=paris).timestamp()
+    before = datetime(2037, 11, 23, 23, 59, tzinfo=paris).timestamp()
+    after = datetime(2037, 11, 24, 0, 1, tzinfo=paris).timestamp()
     clock = Clock(before)
     sink = await _sink(tmp_path, store_url, clock, time_zone="Europe/Paris")
     await sink.write(batch([llm_span(cost=0.02, user="fay", end=before) for _ in range(2)]))
     st = await _user(sink, "fay", clock)
     assert st["spent_usd"] == pytest.approx(0.04)
-    assert st["reset_at"] == "2026-11-24T00:00:00+01:00"
+    assert st["reset_at"] == "2037-11-24T00:00:00+01:00"
     assert st["reset_in_seconds"] == 60
     clock.t = after
     assert (await _user(sink, "fay", clock))["spent_usd"] == 0  # a new day: nothing spent yet
     await sink.write(batch([llm_span(cost=0.03, user="fay", end=after)]))
     st = await _user(sink, "fay", clock)
     assert st["spent_usd"] == pytest.approx(0.03)
-    assert st["period_start"] == "2026-11-24T00:00:00+01:00"
+    assert st["period_start"] == "2037-11-24T00:00:00+01:00"
     # A late span of yesterday still lands in yesterday's counter, not today's.
     await sink.write(batch([llm_span(cost=0.05, user="fay", end=before)]))
     assert (await _user(sink, "fay", clock))["spent_usd"] == pytest.approx(0.03)
@@ -158,7 +158,7 @@ async def test_threshold_fires_once_per_period(tmp_path: Path, store_url: str | 
     assert {k for k, _e in events} == {"budget"}
     last = events[-1][1]
     assert last["severity"] == "critical" and last["limit_usd"] == pytest.approx(0.10)
-    assert last["spent_usd"] == pytest.approx(0.10) and last["reset_at"] == "2026-11-24T00:00:00+00:00"
+    assert last["spent_usd"] == pytest.approx(0.10) and last["reset_at"] == "2037-11-24T00:00:00+00:00"
     # The alert path's common fields.
     assert (last["rule"], last["state"], last["kind"], last["metric"]) == (
         "budget:user_daily",
@@ -168,7 +168,7 @@ async def test_threshold_fires_once_per_period(tmp_path: Path, store_url: str | 
     )
     assert last["key"] == {"user": "hal"} and "fingerprint" not in last
     assert last["summary"] == "user hal reached 100% of budget user_daily (day): $0.1000 of $0.1000"
-    assert last["window"] == {"start": "2026-11-23T00:00:00+00:00", "end": "2026-11-24T00:00:00+00:00"}
+    assert last["window"] == {"start": "2037-11-23T00:00:00+00:00", "end": "2037-11-24T00:00:00+00:00"}
     reg = sink.ctx.telemetry.registry
     assert (
         reg.get_sample_value("tracepipe_budget_threshold_crossings_total", {"budget": "user_daily", "threshold": "1"})
@@ -179,7 +179,7 @@ async def test_threshold_fires_once_per_period(tmp_path: Path, store_url: str | 
     for _ in range(20):
         await sink.write(batch([llm_span(cost=0.01, user="hal", tier="free", end=clock.t)]))
     assert len(events) == 6
-    assert events[-1][1]["period_start"] == "2026-11-24T00:00:00+00:00"
+    assert events[-1][1]["period_start"] == "2037-11-24T00:00:00+00:00"
     await sink.close()
 
 
@@ -277,7 +277,7 @@ async def test_redis_counters_expire_after_their_period(tmp_path: Path, redis_se
     keys = [k.decode() for k in r.scan_iter(f"{prefix}:{{user_daily}}:*")]
     counters = [k for k in keys if ":idem:" not in k]
     assert len(counters) == 1
-    midnight = datetime(2026, 11, 24, tzinfo=ZoneInfo("UTC")).timestamp()
+    midnight = datetime(2037, 11, 24, tzinfo=ZoneInfo("UTC")).timestamp()
     assert r.expiretime(counters[0]) == int(midnight) + 600
     idem = [k.decode() for k in r.scan_iter(f"{prefix}:idem:*")]
     assert len(idem) == 1 and 21600 - 60 < r.ttl(idem[0]) <= 21600
