@@ -175,7 +175,6 @@ class KafkaTransportConfig(ComponentConfig):
         description="Spans a receiver may have waiting for Kafka acks; beyond, clients get 429/RESOURCE_EXHAUSTED.",
     )
     max_batch_messages: int = Field(5_000, gt=0, description="Most Kafka messages a worker takes into one batch.")
-    commit_interval: float = Field(1.0, gt=0, description="Seconds between a worker's periodic offset commits.")
     events_topic_prefix: str = Field(
         "tracepipe.events.", description="Topic prefix of derived events other than alerts."
     )

@@ -108,12 +108,29 @@ class Telemetry:
             ["topic"], namespace=ns, registry=r,
         )
         self.kafka_commits = Counter(
-            "kafka_commits", "Offset commits of a worker: ok, or not_confirmed (a batch commit not confirmed).",
+            "kafka_commits", "Offset commits of a worker's batches: ok, or failed (redelivered and re-cut).",
             ["outcome"], namespace=ns, registry=r,
         )
         self.kafka_redelivered_messages = Counter(
             "kafka_redelivered_messages",
             "Messages a worker received again after a crash or rebalance (re-cut into their recorded batch).",
+            ["topic"], namespace=ns, registry=r,
+        )
+        self.kafka_released_messages = Counter(
+            "kafka_released_messages",
+            "Messages a worker held (waiting to complete a recorded batch) and let go uncommitted, by reason: "
+            "rebalance (the partition's next owner gets them again) or forced (processed as a new batch after "
+            "the hold timeout: possibly stored twice, never lost).",
+            ["topic", "reason"], namespace=ns, registry=r,
+        )
+        self.kafka_rereads = Counter(
+            "kafka_rereads",
+            "Times a worker found offsets missing from what its consumer delivered and re-read from the hole.",
+            ["topic"], namespace=ns, registry=r,
+        )
+        self.kafka_offset_gaps = Counter(
+            "kafka_offset_gaps",
+            "Offsets that never arrived after several re-reads (compacted or transactional topics), gone past.",
             ["topic"], namespace=ns, registry=r,
         )
         self.worker_batches_in_flight = Gauge(

@@ -6,7 +6,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from bench.workload import make_request, spans_in
 from pipeline.transport.kafka_producer import split_by_trace
-from pipeline.worker.cuts import PlannedBatch, plan_batches
+from pipeline.worker.cuts import PlannedBatch, contiguous_run, plan_batches
 
 
 def test_split_by_trace_gives_one_keyed_message_per_trace_with_wrappers_kept() -> None:
@@ -51,12 +51,22 @@ def test_incomplete_redelivered_range_is_held_until_complete_or_forced() -> None
     plans, held = plan_batches([10, 11], [(10, 12)])
     assert plans == [] and held == 0
     plans, held = plan_batches([10, 11], [(10, 12)], force=True)
-    assert [(p.first, p.last) for p in plans] == [(10, 12)] and held == 2
+    assert [(p.first, p.last, p.partial) for p in plans] == [(10, 12, True)] and held == 2
+    # a complete redelivery (the tail reached) is not partial, even when it starts mid-range
+    plans, _ = plan_batches([11, 12], [(10, 12)])
+    assert [(p.first, p.last, p.partial) for p in plans] == [(10, 12, False)]
 
 
 def test_new_batch_never_straddles_a_later_recorded_range() -> None:
     plans, _ = plan_batches([5, 6, 7, 8], [(7, 8)])
     assert [(p.first, p.last, p.redelivered) for p in plans] == [(5, 6, False), (7, 8, True)]
+
+
+def test_contiguous_run_stops_at_the_first_hole() -> None:
+    assert contiguous_run([92, 93, 94], 92) == 3
+    assert contiguous_run([92, 94, 95], 92) == 1  # 93 skipped by the consumer: re-read before going on
+    assert contiguous_run([94, 95], 92) == 0  # the hole is at the start
+    assert contiguous_run([], 5) == 0
 
 
 def test_kafka_security_reaches_the_producer_and_the_faust_worker() -> None:

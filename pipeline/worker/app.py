@@ -1,12 +1,13 @@
 """The Faust app of the worker and its agent.
 
 The agent consumes the span topic with `stream.take_events(max_batch_messages,
-within=service.batch.timeout)`. Faust acks the events of a take() only after the agent's
-loop body returned (and, in a `finally`, even when it raised); an offset is committed
-once it and everything before it is acked. To commit only what every sink
-acknowledged — and nothing when the body failed or was cancelled — the handler takes
-its own reference on each message first (`message.incref()`) and acks it itself after
-the batch completed, so take()'s ack alone never releases a message.
+within=service.batch.timeout)`. Faust acks the events of a take() after the agent's loop
+body returned (and, in a `finally`, even when it raised or was cancelled), and commits
+acked offsets by itself — past a message its consumer skipped, as measured around
+rebalances. So the worker keeps span offsets out of Faust's hands: the agent takes its own
+reference on each message (`message.incref()`) so that take()'s ack never releases one,
+and the runtime commits each batch's offsets itself once every sink acknowledged it, then
+marks the messages done without acking them (`pipeline.worker.runtime`).
 """
 
 from __future__ import annotations
@@ -36,16 +37,13 @@ def create_app(runtime: WorkerRuntime, partitions: int) -> Any:
         "topic_replication_factor": k.replication_factor,
         "topic_allow_declare": k.create_topics,
         "consumer_auto_offset_reset": "earliest",
-        "broker_commit_interval": k.commit_interval,
         "producer_acks": -1 if k.acks == "all" else int(k.acks),
         "producer_compression_type": None if k.compression == "none" else k.compression,
         "broker_client_id": f"{k.client_id}-worker",
         "table_standby_replicas": 0,
     }
     settings.update(k.worker_options)
-    app = faust.App(k.group_id, **settings)
-    app.sensors.add(_CommitSensor(runtime))
-    return app
+    return faust.App(k.group_id, **settings)
 
 
 def add_span_agent(app: Any, runtime: WorkerRuntime) -> Any:
@@ -61,20 +59,3 @@ def add_span_agent(app: Any, runtime: WorkerRuntime) -> Any:
             await runtime.handle_events(events)
 
     return app.agent(topic, name="tracepipe-spans")(consume_spans)
-
-
-def _sensor_base() -> type:
-    import faust
-
-    return faust.Sensor
-
-
-class _CommitSensor(_sensor_base()):  # type: ignore[misc]
-    """Counts offset commits (Faust's periodic and the worker's own)."""
-
-    def __init__(self, runtime: WorkerRuntime) -> None:
-        super().__init__()
-        self.runtime = runtime
-
-    def on_commit_completed(self, consumer: Any, state: Any) -> None:
-        self.runtime.telemetry.kafka_commits.labels("ok").inc()

@@ -9,6 +9,12 @@ message that falls inside a recorded range is re-cut into exactly that range, so
 batch gets the same id and the sinks drop it as a duplicate. The most recent ranges are
 kept (not pruned by the committed offset, which Faust does not report reliably).
 
+A recorded range that cannot be completed (its worker held the head for `hold_timeout`
+and the rest never came) is processed `partial`: the runtime gives it an id of its own and
+forgets the range, because reusing the range's id for a part of it would make a sink drop
+the rest as a duplicate of what may never have been stored. That trades a possible
+duplicate for a certain loss, and is counted.
+
 `plan_batches` is the pure part: given the offsets available for one partition and the
 recorded ranges, it says how to cut them and from where to hold messages back until a
 recorded range is complete.
@@ -28,6 +34,7 @@ class PlannedBatch:
     first: int  # offsets naming the batch
     last: int
     redelivered: bool
+    partial: bool = False  # a forced, incomplete redelivery of the recorded range first-last
 
 
 def plan_batches(offsets: list[int], recorded: list[Range], *, force: bool = False) -> tuple[list[PlannedBatch], int]:
@@ -47,9 +54,10 @@ def plan_batches(offsets: list[int], recorded: list[Range], *, force: bool = Fal
         if hit is not None:
             while j < n and offsets[j] <= hit[1]:
                 j += 1
-            if offsets[j - 1] < hit[1] and not force:
+            incomplete = offsets[j - 1] < hit[1]
+            if incomplete and not force:
                 return out, i
-            out.append(PlannedBatch(i, j, hit[0], hit[1], True))
+            out.append(PlannedBatch(i, j, hit[0], hit[1], True, partial=incomplete))
         else:
             nxt = min((r[0] for r in ranges if r[0] > o), default=None)
             while j < n and (nxt is None or offsets[j] < nxt):
@@ -58,3 +66,14 @@ def plan_batches(offsets: list[int], recorded: list[Range], *, force: bool = Fal
         i = j
     return out, n
 
+
+
+def contiguous_run(offsets: list[int], start: int) -> int:
+    """How many of the sorted, distinct `offsets` (all >= `start`) follow on from `start`
+    without a hole: the messages a worker may process before it must re-read the hole."""
+    n = 0
+    for o in offsets:
+        if o != start + n:
+            break
+        n += 1
+    return n

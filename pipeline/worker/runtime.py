@@ -11,9 +11,24 @@ partition's offset range `topic/partition/first-last`):
 3. `chain.run(batch)` returns once every sink acknowledged (ClickHouse inserts carry the
    batch id as deduplication token, other sinks are idempotent per batch id);
 4. derived events sent for the batch are acknowledged by Kafka;
-5. only then are the batch's messages acked, and their offsets committed.
+5. only then is the batch's last offset + 1 committed, by the worker itself (Faust's own
+   commits never cover the span topic, see `pipeline.worker.app`).
 
 A crash anywhere before 5 redelivers the batch, cut the same way, with the same id.
+
+Within a group generation the worker knows the next offset of each partition (the group's
+committed offset when it gets the partition, then the end of its last batch). Messages
+below it were done already and are let go; a hole above it is a message the consumer
+skipped, so the worker holds what came after it and re-reads from the hole
+(`tracepipe_kafka_rereads_total`), going past only when the hold timeout passed in
+fruitless re-reads (`tracepipe_kafka_offset_gaps_total`: compacted or transactional topics,
+which the span topic is not).
+
+Messages of a recorded range that came back incomplete are held until the rest arrives.
+A rebalance stops the fetcher and waits for every unacked message (Faust's
+`stream_wait_empty`), so held messages are let go, uncommitted, as soon as the flow stops:
+the partition's next owner (often this worker again) gets them from the committed offset.
+Without that the rebalance and the held range would wait for each other.
 """
 
 from __future__ import annotations
@@ -39,7 +54,7 @@ from pipeline.spans import Span, SpanBatch
 from pipeline.telemetry import Telemetry
 from pipeline.transport.kafka_common import ensure_topics
 from pipeline.worker.app import add_span_agent, create_app
-from pipeline.worker.cuts import PlannedBatch, Range, plan_batches
+from pipeline.worker.cuts import PlannedBatch, Range, contiguous_run, plan_batches
 from pipeline.worker.events import KafkaEventPublisher
 from pipeline.worker.state import FaustStateStore, current_partition
 
@@ -47,6 +62,15 @@ log = logging.getLogger("tracepipe.worker")
 
 CUTS_TABLE = "tracepipe-batch-cuts"
 MAX_RECORDED = 200  # most recent recorded batch ranges kept per partition
+REREAD_INTERVAL = 1.0  # seconds between re-reads of the same missing offsets
+
+
+def _release(events: list[Any]) -> None:
+    """Mark messages done for Faust without acking them into its commit bookkeeping: the
+    worker commits span offsets itself (`WorkerRuntime._commit`), and a rebalance waits
+    only for messages not marked."""
+    for ev in events:
+        ev.message.acked = True
 
 
 class WorkerRuntime:
@@ -73,6 +97,8 @@ class WorkerRuntime:
         self._held_since: dict[Any, float] = {}
         self._broker_ok: str | None = "not started"
         self._tasks: list[asyncio.Task[None]] = []
+        self._next: dict[Any, tuple[int, int]] = {}  # partition -> (group generation, next offset to process)
+        self._holes: dict[Any, tuple[tuple[int, int], float]] = {}  # partition -> (missing offsets, last re-read)
         self._last_batch = time.monotonic()
         # This process's own copy of the cuts it recorded: a rebalance makes Faust recover the
         # table from its changelog, and a recovered value was seen to lack the latest range.
@@ -119,6 +145,7 @@ class WorkerRuntime:
             self._tasks = [
                 asyncio.create_task(self._watch_broker(), name="tracepipe-worker-probe"),
                 asyncio.create_task(self._housekeeping(), name="tracepipe-worker-housekeeping"),
+                asyncio.create_task(self._release_held_on_rebalance(), name="tracepipe-worker-rebalance"),
             ]
             self._ready.set()
         except BaseException:
@@ -150,6 +177,9 @@ class WorkerRuntime:
                         await self.chain.flush()
                 finally:
                     self._lock.release()
+        for evs in self._held.values():  # uncommitted: the next owner reads them again
+            _release(evs)
+        self._held.clear()
         if self.app is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.app.stop(), 30)
@@ -227,7 +257,7 @@ class WorkerRuntime:
                 self._broker_ok = f"kafka unreachable: {type(e).__name__}"
 
     async def _housekeeping(self) -> None:
-        """Idle ticks for time-driven processors, and held redeliveries that never completed."""
+        """Idle ticks for time-driven processors, and held messages that never completed."""
         idle = max(self.config.service.batch.timeout, 0.05) * 5
         while True:
             await asyncio.sleep(idle)
@@ -235,7 +265,7 @@ class WorkerRuntime:
             async with self._lock:
                 now = time.monotonic()
                 for tp in [tp for tp, since in self._held_since.items() if now - since > self.hold_timeout]:
-                    log.warning("redelivered range of %s never completed after %.0fs; processing what came", tp,
+                    log.warning("held messages of %s not completed after %.0fs; processing what came", tp,
                                 self.hold_timeout)
                     await self._handle_partition(tp, [], force=True)
                 if now - self._last_batch > idle and self.chain is not None and self._last_event is not None:
@@ -244,6 +274,23 @@ class WorkerRuntime:
                             await self.chain.tick()
                     except Exception:
                         log.exception("chain tick failed")
+
+    async def _release_held_on_rebalance(self) -> None:
+        """Let held messages go when the consumer's flow stops (a rebalance began); see the module doc."""
+        consumer = self.app.consumer
+        while True:
+            await consumer.suspend_flow.wait()
+            async with self._lock:  # after the batch in flight, which the rebalance waits for anyway
+                if self._held:
+                    for tp, evs in self._held.items():
+                        self.telemetry.kafka_released_messages.labels(tp.topic, "rebalance").inc(len(evs))
+                        _release(evs)
+                    log.info("rebalance: letting go of %d held message(s) of %s, uncommitted",
+                             sum(len(v) for v in self._held.values()), sorted(str(tp) for tp in self._held))
+                    self._held.clear()
+                    self._held_since.clear()
+                self._holes.clear()
+            await consumer.can_resume_flow.wait()
 
     def _table_context(self) -> contextlib.AbstractContextManager[None]:
         """State writes outside a batch (idle ticks, shutdown flush) go to the changelog
@@ -264,36 +311,114 @@ class WorkerRuntime:
                 await self._handle_partition(tp, evs)
             self._last_batch = time.monotonic()
 
+    async def _next_offset(self, tp: Any, generation: int, first_seen: int) -> int:
+        """The next offset of `tp` this worker must process in this group generation: after
+        its last batch, or the group's committed offset for a partition new to it."""
+        known = self._next.get(tp)
+        if known is not None and known[0] == generation:
+            return known[1]
+        thread = self.app.consumer._thread
+        consumer = thread._ensure_consumer()
+        try:
+            committed = await asyncio.wait_for(thread.call_thread(consumer.committed, tp), 10)
+            if committed is None:  # nothing committed yet: the group starts at the earliest offset
+                begin = await asyncio.wait_for(thread.call_thread(consumer.beginning_offsets, [tp]), 10)
+                committed = begin.get(tp)
+        except Exception as e:
+            log.warning("start offset of %s unknown (%s); starting at the first delivered, %d", tp,
+                        type(e).__name__, first_seen)
+            committed = None
+        nxt = first_seen if committed is None else int(committed)
+        self._next[tp] = (generation, nxt)
+        return nxt
+
     async def _handle_partition(self, tp: Any, evs: list[Any], *, force: bool = False) -> None:
-        held = self._held.pop(tp, [])
+        """Run the batches of one partition's messages, holding back what cannot run yet."""
+        t = self.telemetry
+        generation = self.app.consumer_generation_id
+        by_offset: dict[int, Any] = {}
+        for ev in [*self._held.pop(tp, []), *evs]:
+            old = by_offset.get(ev.message.offset)
+            if old is not None and old is not ev:
+                _release([old])  # delivered twice: keep the newest
+            by_offset[ev.message.offset] = ev
         since = self._held_since.pop(tp, None)
-        if held:
-            by_offset = {e.message.offset: e for e in held}
-            by_offset.update({e.message.offset: e for e in evs})
-            evs = [by_offset[o] for o in sorted(by_offset)]
-        else:
-            evs = sorted(evs, key=lambda e: e.message.offset)
-        if not evs:
+        if not by_offset:
             return
         key = f"{tp.topic}/{tp.partition}"
+        nxt = await self._next_offset(tp, generation, min(by_offset))
+        done = [by_offset.pop(o) for o in [o for o in by_offset if o < nxt]]
+        if done:  # processed by this worker in this generation already, or committed before it
+            _release(done)
+            log.debug("%s: %d message(s) below %d delivered again; already done", key, len(done), nxt)
+        if not by_offset:
+            return
+        offsets = sorted(by_offset)
+        n = contiguous_run(offsets, nxt)
+        if n < len(offsets):
+            hole = (nxt + n, offsets[n] - 1)
+            seen = self._holes.get(tp)
+            if force:
+                # Still missing after the hold timeout of re-reads (a compacted or transactional topic):
+                # go on past it.
+                self._holes.pop(tp, None)
+                t.kafka_offset_gaps.labels(tp.topic).inc(hole[1] - hole[0] + 1)
+                log.warning("%s: offsets %d-%d never arrived in %.0fs of re-reads; going on without them", key,
+                            hole[0], hole[1], self.hold_timeout)
+                n = len(offsets)
+            elif seen is None or seen[0] != hole or time.monotonic() - seen[1] >= REREAD_INTERVAL:
+                # The consumer skipped a message: re-read from it before going past it (nothing after
+                # the hole is committed meanwhile). Messages fetched before the seek may still show the
+                # hole for a take or two, hence at most one re-read per interval.
+                self._holes[tp] = (hole, time.monotonic())
+                t.kafka_rereads.labels(tp.topic).inc()
+                log.info("%s: offsets %d-%d missing from what the consumer delivered; re-reading from %d", key,
+                         hole[0], hole[1], hole[0])
+                with contextlib.suppress(Exception):
+                    await self.app.consumer.seek(tp, hole[0])
+        else:
+            self._holes.pop(tp, None)
+        run = [by_offset[o] for o in offsets[:n]]
         in_table = {(int(r[0]), int(r[1])) for r in (self.cuts.get(key) or [])}
         recorded: list[Range] = sorted(in_table | set(self._local_cuts.get(key, ())))[-MAX_RECORDED:]
-        offsets = [e.message.offset for e in evs]
-        plans, held_from = plan_batches(offsets, recorded, force=force)
-        if held_from < len(evs):
-            self._held[tp] = evs[held_from:]
+        plans, held_from = plan_batches(offsets[:n], recorded, force=force)
+        log.debug("%s: offsets %d..%d (%d) from %d, %d to run, recorded %s", key, offsets[0], offsets[-1],
+                  len(offsets), nxt, held_from, recorded[-3:])
+        hold = run[held_from:] + [by_offset[o] for o in offsets[n:]]
+        if hold:
+            self._held[tp] = hold
             self._held_since[tp] = since if since is not None else time.monotonic()
         for plan in plans:
-            await self._run_batch(tp, key, evs[plan.start:plan.stop], plan, recorded)
-            if not plan.redelivered:
-                recorded.append((plan.first, plan.last))
+            await self._run_batch(tp, key, run[plan.start:plan.stop], plan, recorded, generation)
 
-    async def _run_batch(self, tp: Any, key: str, evs: list[Any], plan: PlannedBatch, recorded: list[Range]) -> None:
+    async def _commit(self, tp: Any, offset: int) -> None:
+        """Commit `offset` (the next to read) of `tp` now. Faust's own commits never cover the span
+        topic: its messages are released (marked acked) without entering its commit bookkeeping."""
+        try:
+            ok = await self.app.consumer._commit_offsets({tp: offset})
+        except Exception:
+            ok = False
+            log.warning("commit of %s at %d failed; a redelivery re-cuts the batch", tp, offset, exc_info=True)
+        self.telemetry.kafka_commits.labels("ok" if ok else "failed").inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("committed %s at %d: %s", tp, offset, ok)
+
+    async def _run_batch(self, tp: Any, key: str, evs: list[Any], plan: PlannedBatch, recorded: list[Range],
+                         generation: int) -> None:
         assert self.chain is not None and self.events is not None
         t = self.telemetry
-        batch_id = f"{tp.topic}/{tp.partition}/{plan.first}-{plan.last}"
+        first, last, redelivered = plan.first, plan.last, plan.redelivered
         last_event = evs[-1]
-        if plan.redelivered:
+        if plan.partial:
+            # The rest of the recorded range never came: a new batch of what did, and the range
+            # forgotten, so that no later message of it is dropped as a duplicate (cuts module doc).
+            first, last, redelivered = evs[0].message.offset, last_event.message.offset, False
+            recorded[:] = [r for r in recorded if r != (plan.first, plan.last)]
+            t.kafka_released_messages.labels(tp.topic, "forced").inc(len(evs))
+            log.warning("recorded batch %s/%d/%d-%d incomplete after %.0fs: its %d message(s) run as batch %d-%d",
+                        tp.topic, tp.partition, plan.first, plan.last, self.hold_timeout, len(evs), first, last)
+        batch_id = f"{tp.topic}/{tp.partition}/{first}-{last}"
+        if redelivered:
             t.kafka_redelivered_messages.labels(tp.topic).inc(len(evs))
             log.info("batch %s redelivered (%d messages); re-cut to its recorded range", batch_id, len(evs))
         else:
@@ -301,12 +426,12 @@ class WorkerRuntime:
             # commit failed, and a rebalance can move a partition's committed offset back by one
             # message (measured: the last message of a batch redelivered). Keeping the most
             # recent ranges re-cuts any such redelivery into its original batch.
-            ranges = [*recorded, (plan.first, plan.last)][-MAX_RECORDED:]
-            self._local_cuts[key] = ranges
+            recorded[:] = sorted([*recorded, (first, last)])[-MAX_RECORDED:]
+            self._local_cuts[key] = list(recorded)
             with current_partition(last_event):
-                self.cuts[key] = [list(r) for r in ranges]
+                self.cuts[key] = [list(r) for r in recorded]
             await self.app.producer.flush()
-        log.debug("batch %s: %d messages%s", batch_id, len(evs), " (redelivered)" if plan.redelivered else "")
+        log.debug("batch %s: %d messages%s", batch_id, len(evs), " (redelivered)" if redelivered else "")
         spans = self._decode(tp.topic, evs)
         batch = SpanBatch(spans=spans, batch_id=batch_id,
                           meta={"received_at": time.monotonic(), "taken_at": time.monotonic(),
@@ -334,16 +459,10 @@ class WorkerRuntime:
                       batch_id)
             logging.shutdown()
             os._exit(137)
-        for ev in evs:
-            ev.ack()
-        try:
-            committed = await self.app.consumer.commit({tp})
-        except Exception:
-            committed = False
-            log.warning("commit of %s failed; the periodic commit will retry", tp, exc_info=True)
-        if not committed:
-            t.kafka_commits.labels("not_confirmed").inc()
-        self._done_offset[tp] = plan.last
+        self._next[tp] = (generation, last + 1)
+        await self._commit(tp, last + 1)
+        _release(evs)
+        self._done_offset[tp] = last
         self._update_lag(tp)
 
     def _update_lag(self, only: Any = None) -> None:
