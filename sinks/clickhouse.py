@@ -16,7 +16,8 @@ Tables (created on start when `create_schema` is true):
 Delivery: every insert carries `insert_deduplication_token = <batch_id>#<chunk>` and the
 tables keep a deduplication window, so a redelivered batch is stored once, in the summary
 too (`deduplicate_blocks_in_dependent_materialized_views`). Retention is a table TTL on
-Timestamp (`ttl_days`); rows already older than that are dropped as they arrive.
+Timestamp (`ttl_days`); rows already older than that are dropped as they arrive, and counted
+(`tracepipe_dropped_spans_total{reason="older_than_retention"}`).
 
 Rows are built column by column as Arrow (maps as Arrow map arrays) and sent with
 `insert_arrow`: the fastest path into ClickHouse and chDB (see bench/chdb_insert.py).
@@ -30,6 +31,7 @@ import itertools
 import json
 import math
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -552,6 +554,13 @@ class ClickHouseSink(BaseSink):
                 ) from e
         step = self.cfg.max_insert_rows
         spans = batch.spans
+        if self.cfg.ttl_days:
+            # Inserted all the same (a batch's chunks must not depend on the clock, or a redelivery
+            # would cut them differently under the same tokens); the table's TTL drops them.
+            cutoff = time.time_ns() - self.cfg.ttl_days * 86_400 * 1_000_000_000
+            expired = sum(1 for s in spans if s.start_ns < cutoff)
+            if expired:
+                self.ctx.telemetry.count_drop(self.component_id, "older_than_retention", expired, processor=False)
         chunks = [spans[lo : lo + step] for lo in range(0, len(spans), step)]
         loop = asyncio.get_running_loop()
         pending = loop.run_in_executor(self._encoder, self._encode, chunks[0])

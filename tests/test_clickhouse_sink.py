@@ -228,6 +228,10 @@ async def test_rows_older_than_ttl_days_are_dropped_and_none_keeps_them(clickhou
         forever = c.query(f"SELECT uniqExact(TraceId) FROM {chdb_database}.forever").result_rows[0][0]
         assert forever == 2
         assert "TTL" not in c.query(f"SHOW CREATE TABLE {chdb_database}.forever").result_rows[0][0]
+        # the drop is counted, by the sink with the retention only
+        dropped = sink.ctx.telemetry.dropped_spans.labels("older_than_retention")._value.get()
+        assert dropped == len(rag_trace(old, 2))
+        assert keep.ctx.telemetry.dropped_spans.labels("older_than_retention")._value.get() == 0
     finally:
         await sink.close()
         await keep.close()
