@@ -349,9 +349,53 @@ def test_a_price_genai_prices_cannot_evaluate_flags_the_span_instead_of_failing_
         prices=ModelPrice(input_mtok=TieredPrices(base=Decimal(-1), tiers=[Tier(start=10, price=Decimal(1))])),
     )
     proc = make_proc()
-    proc._pricing[("x", "broken")] = GenaiPricesPrice(bad, Provider(id="x", name="x", api_pattern="x"), 1.0, 10)
+    proc._pricing[("x", "broken")] = GenaiPricesPrice(bad, Provider(id="x", name="x", api_pattern="x"), 1.0)
     spans = [span(genai("broken", 10, 1, provider="x")), span(genai("gpt-4o", 10, 1, provider="openai"))]
     proc.process(SpanBatch(spans, "b"))
     assert spans[0].attributes["tracepipe.cost.unpriced"] is True
     assert "gen_ai.usage.cost_usd" not in spans[0].attributes
     assert spans[1].attributes["gen_ai.usage.cost_usd"] == pytest.approx(10 * 2.5e-6 + 10e-6)
+
+
+def _tiered_model_prices() -> list[tuple[str, object]]:
+    from genai_prices.data_snapshot import get_snapshot
+    from genai_prices.types import ModelPrice, TieredPrices
+
+    out = []
+    for prov in get_snapshot().providers:
+        for m in prov.models:
+            for p in m.prices if isinstance(m.prices, list) else [m.prices]:
+                mp = p if isinstance(p, ModelPrice) else getattr(p, "prices", None)
+                if isinstance(mp, ModelPrice) and any(isinstance(v, TieredPrices) for v in mp.__dict__.values()):
+                    out.append((f"{prov.id}/{m.id}", mp))
+    return out
+
+
+def test_tiered_prices_per_band_equal_genai_prices_for_every_tiered_model() -> None:
+    # Every tiered price in the genai-prices snapshot, priced around each tier start (at, below,
+    # just above), with and without cache tokens: the per-band coefficients agree with calc_price.
+    import random
+
+    from genai_prices.types import TieredPrices, Usage
+
+    from processors.cost import TieredLinearPrice
+
+    rng = random.Random(5)
+    models = _tiered_model_prices()
+    assert len(models) > 20  # the snapshot has many; an empty list would prove nothing
+    for name, mp in models:
+        fast = TieredLinearPrice(mp, 1.0)
+        starts = sorted({t.start for v in mp.__dict__.values() if isinstance(v, TieredPrices) for t in v.tiers})
+        for inp in [0, 1, 1000, *(x + d for x in starts for d in (-1, 0, 1, 5000))]:
+            if inp < 0:
+                continue
+            out = rng.randrange(0, 5000)
+            cr = rng.randrange(0, inp // 2 + 1)
+            cw = rng.randrange(0, (inp - cr) // 2 + 1)
+            kw = {"input_tokens": inp, "output_tokens": out}
+            if cr:
+                kw["cache_read_tokens"] = cr
+            if cw:
+                kw["cache_write_tokens"] = cw
+            want = float(mp.calc_price(Usage(**kw))["total_price"])
+            assert fast.cost(inp, out, cr, cw) == pytest.approx(want, rel=1e-9, abs=1e-12), (name, inp, out, cr, cw)
