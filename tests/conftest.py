@@ -48,3 +48,15 @@ def redis_service():
     svc = start_service("redis")
     yield svc
     svc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_role_outlives_its_test():
+    """A test that fails halfway must not leave `tracepipe worker/receiver` processes behind
+    (module-scoped fixtures start theirs before this runs, so theirs are kept)."""
+    from tests.distributed_helpers import STARTED, reap_roles
+
+    since = len(STARTED)
+    yield
+    reap_roles(since)
+

@@ -144,6 +144,17 @@ def role_env(kafka_url: str, chdb_dir: Path | None = None, redis_url: str | None
     return env
 
 
+STARTED: list[RoleProcess] = []  # every role started, so a failed test leaves none running (conftest)
+
+
+def reap_roles(since: int) -> None:
+    """Kill the roles started after STARTED[since] that are still running."""
+    for p in STARTED[since:]:
+        if p.alive():
+            p.kill9()
+    del STARTED[since:]
+
+
 def start_role(role: str, config: Path, env: dict[str, str], log_path: Path, *, ready_timeout: float = 60,
                wait_ready: bool = True) -> RoleProcess:
     api, metrics = free_port(), free_port()
@@ -159,6 +170,7 @@ def start_role(role: str, config: Path, env: dict[str, str], log_path: Path, *, 
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     out.close()
     p = RoleProcess(role, proc, log_path, api, metrics, grpc, http, env)
+    STARTED.append(p)
     if wait_ready:
         wait_until_ready(p, ready_timeout)
     return p
