@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from pipeline.spans import Span
 from pipeline.transport.kafka_producer import split_by_trace
 from tests.anomaly_streams import KeyProfile, window_spans
 from tests.distributed_helpers import role_env, start_role, wait_for, write_config
+from tests.otlp_support import kv
 from tests.services import RunningService, start_service
 
 MIN = 60 * 1_000_000_000
@@ -41,27 +41,17 @@ def kafka() -> RunningService:
     svc.stop()
 
 
-def _kv(key: str, value: object) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
-
-
 def to_request(spans: list[Span]) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     for s in spans:
         rs = req.resource_spans.add()
-        rs.resource.attributes.extend([_kv(k, v) for k, v in s.resource.attributes.items()])
+        rs.resource.attributes.extend([kv(k, v) for k, v in s.resource.attributes.items()])
         ps = rs.scope_spans.add().spans.add(
             trace_id=bytes.fromhex(s.trace_id), span_id=bytes.fromhex(s.span_id), name=s.name, kind=s.kind,
             start_time_unix_nano=s.start_ns, end_time_unix_nano=s.end_ns,
         )
         ps.status.code = s.status_code
-        ps.attributes.extend([_kv(k, v) for k, v in s.attributes.items()])
+        ps.attributes.extend([kv(k, v) for k, v in s.attributes.items()])
     return req
 
 
