@@ -103,7 +103,6 @@ class WorkerRuntime:
         # This process's own copy of the cuts it recorded: a rebalance makes Faust recover the
         # table from its changelog, and a recovered value was seen to lack the latest range.
         self._local_cuts: dict[str, list[Range]] = {}
-        self._done_offset: dict[Any, int] = {}  # last offset processed per partition (for lag)
         self._last_event: Any = None  # Faust table writes outside a batch (ticks, flush) go to its partition
         self._stopping = False
         # Fault injection for crash tests: exit abruptly (no cleanup, like kill -9) right after the
@@ -177,9 +176,7 @@ class WorkerRuntime:
                         await self.chain.flush()
                 finally:
                     self._lock.release()
-        for evs in self._held.values():  # uncommitted: the next owner reads them again
-            _release(evs)
-        self._held.clear()
+        self._let_go_of_held("shutdown")
         if self.app is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.app.stop(), 30)
@@ -281,16 +278,20 @@ class WorkerRuntime:
         while True:
             await consumer.suspend_flow.wait()
             async with self._lock:  # after the batch in flight, which the rebalance waits for anyway
-                if self._held:
-                    for tp, evs in self._held.items():
-                        self.telemetry.kafka_released_messages.labels(tp.topic, "rebalance").inc(len(evs))
-                        _release(evs)
-                    log.info("rebalance: letting go of %d held message(s) of %s, uncommitted",
-                             sum(len(v) for v in self._held.values()), sorted(str(tp) for tp in self._held))
-                    self._held.clear()
-                    self._held_since.clear()
-                self._holes.clear()
+                self._let_go_of_held("rebalance")
             await consumer.can_resume_flow.wait()
+
+    def _let_go_of_held(self, reason: str) -> None:
+        """Release every held message uncommitted: the partition's next owner reads it again."""
+        if self._held:
+            for tp, evs in self._held.items():
+                self.telemetry.kafka_released_messages.labels(tp.topic, reason).inc(len(evs))
+                _release(evs)
+            log.info("%s: letting go of %d held message(s) of %s, uncommitted", reason,
+                     sum(len(v) for v in self._held.values()), sorted(str(tp) for tp in self._held))
+        self._held.clear()
+        self._held_since.clear()
+        self._holes.clear()
 
     def _table_context(self) -> contextlib.AbstractContextManager[None]:
         """State writes outside a batch (idle ticks, shutdown flush) go to the changelog
@@ -462,20 +463,19 @@ class WorkerRuntime:
         self._next[tp] = (generation, last + 1)
         await self._commit(tp, last + 1)
         _release(evs)
-        self._done_offset[tp] = last
         self._update_lag(tp)
 
     def _update_lag(self, only: Any = None) -> None:
-        """Consumer lag per partition: the end offset the consumer last saw minus what was processed."""
+        """Consumer lag per partition: the end offset the consumer last saw minus the next to process."""
         try:
             assigned = self.app.consumer.assignment()
         except Exception:
             return
-        for tp, done in list(self._done_offset.items()):
+        for tp, (_, nxt) in list(self._next.items()):
             if only is not None and tp != only:
                 continue
             if tp not in assigned:
-                self._done_offset.pop(tp, None)
+                self._next.pop(tp, None)  # found again from the committed offset if it comes back
                 with contextlib.suppress(KeyError):
                     self.telemetry.kafka_consumer_lag.remove(tp.topic, str(tp.partition))
                 continue
@@ -484,7 +484,7 @@ class WorkerRuntime:
             except Exception:
                 continue
             if hw is not None:
-                self.telemetry.kafka_consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - done - 1))
+                self.telemetry.kafka_consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - nxt))
 
     def _decode(self, topic: str, evs: list[Any]) -> list[Span]:
         t = self.telemetry
