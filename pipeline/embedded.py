@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.api import ApiContext, build_app
+from pipeline.api import ApiContext
 from pipeline.builder import build_chain
 from pipeline.chain import Chain
 from pipeline.config import Config
-from pipeline.http_servers import RunningServer, metrics_app
+from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.otlp.decode import decode_request
 from pipeline.spans import Span, SpanBatch
 from pipeline.state import MemoryStateStore
@@ -122,16 +122,8 @@ class EmbeddedRuntime:
             readiness=readiness,
             extras={**self.extras, **({"alerts": self.alerts.store} if self.alerts is not None else {})},
         )
-        if svc.api.endpoint:
-            server = RunningServer(build_app(api_ctx), svc.api.endpoint)
-            await server.start()
-            self.servers.append(server)
-            self.endpoints.api = f"{server.host}:{server.port}"
-        if svc.metrics.endpoint:
-            server = RunningServer(metrics_app(self.telemetry), svc.metrics.endpoint)
-            await server.start()
-            self.servers.append(server)
-            self.endpoints.metrics = f"{server.host}:{server.port}"
+        for kind, where in (await start_service_servers(svc, api_ctx, self.telemetry, self.servers)).items():
+            setattr(self.endpoints, kind, where)
 
     def _worker_alive(self) -> tuple[bool, str]:
         if self._worker is None:
@@ -167,14 +159,9 @@ class EmbeddedRuntime:
         if self.alerts is not None:
             with contextlib.suppress(Exception):
                 await self.alerts.close()
-        for closer in self.extras.get("_closers", []):
-            with contextlib.suppress(Exception):
-                await closer()
-        if self.queries is not None and hasattr(self.queries, "close"):
-            with contextlib.suppress(Exception):
-                res = self.queries.close()
-                if asyncio.iscoroutine(res):
-                    await res
+        from pipeline.runtime_support import close_extras_and_queries
+
+        await close_extras_and_queries(self.extras, self.queries)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.stop()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
-from pipeline.config import parse_endpoint
+from pipeline.config import ServiceConfig, parse_endpoint
 from pipeline.telemetry import Telemetry
 
 
@@ -46,3 +48,22 @@ def metrics_app(telemetry: Telemetry) -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     return app
+
+
+async def start_service_servers(service: ServiceConfig, api_ctx: Any, telemetry: Telemetry,
+                                servers: list[RunningServer]) -> dict[str, str]:
+    """Start the query API and /metrics servers that `service` asks for (an endpoint may be
+    off), appending each to `servers` as soon as it runs, so the caller's stop() stops what
+    did start; returns where they listen: {"api": "host:port", "metrics": "host:port"}."""
+    from pipeline.api import build_app
+
+    where: dict[str, str] = {}
+    for kind, endpoint, make in (("api", service.api.endpoint, lambda: build_app(api_ctx)),
+                                 ("metrics", service.metrics.endpoint, lambda: metrics_app(telemetry))):
+        if endpoint:
+            server = RunningServer(make(), endpoint)
+            await server.start()
+            servers.append(server)
+            where[kind] = f"{server.host}:{server.port}"
+    return where
+

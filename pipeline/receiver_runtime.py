@@ -12,10 +12,10 @@ import contextlib
 import logging
 from typing import Any
 
-from pipeline.api import ApiContext, build_app
+from pipeline.api import ApiContext
 from pipeline.config import Config
 from pipeline.embedded import Endpoints, _host_of, build_receivers
-from pipeline.http_servers import RunningServer, metrics_app
+from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.telemetry import Telemetry
 from pipeline.transport.kafka_common import ensure_topics
 from pipeline.transport.kafka_producer import KafkaRequestTransport
@@ -59,16 +59,8 @@ class ReceiverRuntime:
             liveness={"receiver": lambda: (not self._stopping, "running" if not self._stopping else "stopping")},
             readiness={"kafka": self.transport.status},
         )
-        if svc.api.endpoint:
-            server = RunningServer(build_app(ctx), svc.api.endpoint)
-            await server.start()
-            self.servers.append(server)
-            self.endpoints.api = f"{server.host}:{server.port}"
-        if svc.metrics.endpoint:
-            server = RunningServer(metrics_app(self.telemetry), svc.metrics.endpoint)
-            await server.start()
-            self.servers.append(server)
-            self.endpoints.metrics = f"{server.host}:{server.port}"
+        for kind, where in (await start_service_servers(svc, ctx, self.telemetry, self.servers)).items():
+            setattr(self.endpoints, kind, where)
 
     async def stop(self) -> None:
         """Stop the receivers, wait for in-flight produces (bounded), close the producer."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from pipeline.chain import Chain
@@ -56,3 +58,17 @@ async def build_extras(config: Config, telemetry: Telemetry) -> dict[str, Any]:
         extras["budgets"] = budgets
         extras["_closers"].append(budgets.close)
     return extras
+
+
+async def close_extras_and_queries(extras: dict[str, Any], queries: Any) -> None:
+    """At shutdown, after the chain closed: the extras' closers, then the query layer; a
+    failure of one never keeps the others open."""
+    for closer in extras.get("_closers", []):
+        with contextlib.suppress(Exception):
+            await closer()
+    if queries is not None and hasattr(queries, "close"):
+        with contextlib.suppress(Exception):
+            res = queries.close()
+            if asyncio.iscoroutine(res):
+                await res
+

@@ -43,11 +43,11 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from pipeline.api import ApiContext, build_app
+from pipeline.api import ApiContext
 from pipeline.builder import build_chain
 from pipeline.chain import Chain
 from pipeline.config import Config
-from pipeline.http_servers import RunningServer, metrics_app
+from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.otlp.decode import decode_request
 from pipeline.otlp.validate import sanitize
 from pipeline.spans import Span, SpanBatch
@@ -188,14 +188,9 @@ class WorkerRuntime:
         if self.events is not None:
             with contextlib.suppress(Exception):
                 await self.events.close()
-        for closer in self.extras.get("_closers", []):
-            with contextlib.suppress(Exception):
-                await closer()
-        if self.queries is not None and hasattr(self.queries, "close"):
-            with contextlib.suppress(Exception):
-                res = self.queries.close()
-                if asyncio.iscoroutine(res):
-                    await res
+        from pipeline.runtime_support import close_extras_and_queries
+
+        await close_extras_and_queries(self.extras, self.queries)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.stop()
@@ -213,16 +208,7 @@ class WorkerRuntime:
             },
             extras={**self.extras, **({"alerts": self.alerts.store} if self.alerts is not None else {})},
         )
-        if svc.api.endpoint:
-            server = RunningServer(build_app(ctx), svc.api.endpoint)
-            await server.start()
-            self.servers.append(server)
-            self.endpoints["api"] = f"{server.host}:{server.port}"
-        if svc.metrics.endpoint:
-            server = RunningServer(metrics_app(self.telemetry), svc.metrics.endpoint)
-            await server.start()
-            self.servers.append(server)
-            self.endpoints["metrics"] = f"{server.host}:{server.port}"
+        self.endpoints.update(await start_service_servers(svc, ctx, self.telemetry, self.servers))
 
     def _alive(self) -> tuple[bool, str]:
         if self.app is None or not self._ready.is_set():
