@@ -25,7 +25,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.throughput import TRACES_PER_REQUEST, cpu_seconds, post_with_retry, rss_mb
+from bench.throughput import TRACES_PER_REQUEST, cpu_seconds, post_all, rss_mb
 from bench.workload import make_request, spans_in
 from tests.distributed_helpers import RoleProcess, role_env, start_role, write_config
 from tests.pipeline_proc import PipelineProcess, start_pipeline
@@ -52,17 +52,7 @@ async def distributed(receiver: RoleProcess, worker: RoleProcess, broker_pid: in
         base = await _stored(session, worker)
         cpu_r0, cpu_w0, cpu_b0 = (cpu_seconds(p) for p in (receiver.proc.pid, worker.proc.pid, broker_pid))
         t0 = time.perf_counter()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for b in bodies:
-            queue.put_nowait(b)
-        retries = 0
-
-        async def sender() -> None:
-            nonlocal retries
-            while not queue.empty():
-                retries += await post_with_retry(session, url, queue.get_nowait())
-
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        retries = await post_all(session, url, bodies, concurrency)
         accepted = time.perf_counter() - t0
         cpu_r = cpu_seconds(receiver.proc.pid) - cpu_r0
         while await _stored(session, worker) - base < n_spans:
@@ -81,15 +71,7 @@ async def embedded(p: PipelineProcess, bodies: list[bytes], n_spans: int, concur
         base = await _stored(session, p)
         cpu0 = cpu_seconds(p.proc.pid)
         t0 = time.perf_counter()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for b in bodies:
-            queue.put_nowait(b)
-
-        async def sender() -> None:
-            while not queue.empty():
-                await post_with_retry(session, url, queue.get_nowait())
-
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        await post_all(session, url, bodies, concurrency)
         while await _stored(session, p) - base < n_spans:
             await asyncio.sleep(POLL)
         wall = time.perf_counter() - t0

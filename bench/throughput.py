@@ -104,6 +104,22 @@ async def sent_spans(session: aiohttp.ClientSession, p: PipelineProcess) -> floa
     return 0.0
 
 
+async def post_all(session: aiohttp.ClientSession, url: str, bodies: list[bytes], concurrency: int) -> int:
+    """POST every body with `concurrency` senders, retrying 429/503; returns the retries."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    retries = 0
+
+    async def sender() -> None:
+        nonlocal retries
+        while not queue.empty():
+            retries += await post_with_retry(session, url, queue.get_nowait())
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    return retries
+
+
 async def post_with_retry(session: aiohttp.ClientSession, url: str, body: bytes) -> int:
     retries = 0
     while True:
@@ -124,17 +140,7 @@ async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, conc
         base = await sent_spans(session, p)
         cpu0 = cpu_seconds(p.proc.pid)
         t0 = time.perf_counter()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for b in bodies:
-            queue.put_nowait(b)
-        retries = 0
-
-        async def sender() -> None:
-            nonlocal retries
-            while not queue.empty():
-                retries += await post_with_retry(session, url, queue.get_nowait())
-
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        retries = await post_all(session, url, bodies, concurrency)
         accepted = time.perf_counter() - t0
         while await sent_spans(session, p) - base < n_spans:
             await asyncio.sleep(0.05)
