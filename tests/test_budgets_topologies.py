@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
@@ -19,12 +18,12 @@ from tests.services.redis import (
     start_local_redis_tls,
     start_local_sentinel,
 )
+from tests.services.requirements import require_binary
 
 
 @pytest.fixture(scope="module")
 def cluster():  # type: ignore[no-untyped-def]
-    if shutil.which("redis-cli") is None:  # Debian's redis-server pulls in redis-tools
-        pytest.skip("redis-cli is needed to create a cluster")
+    require_binary("redis-cli")  # Debian's redis-server pulls in redis-tools
     c = start_local_redis_cluster()
     yield c
     c.stop()
@@ -90,8 +89,7 @@ async def test_sentinel_finds_the_master(tmp_path: Path) -> None:
 async def test_tls_and_password_from_config(tmp_path: Path) -> None:
     from pipeline.config import build_config
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make the test certificates")
+    require_binary("openssl")
     svc = start_local_redis_tls(password="s3cret-pw")
     try:
         raw = {

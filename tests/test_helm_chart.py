@@ -22,6 +22,7 @@ import yaml
 helm = pytest.importorskip("helm_python", reason="pip install helm-python-sdk")
 
 from pipeline.config import ConfigError, build_config  # noqa: E402
+from tests.services.requirements import require_binary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "tracepipe"
@@ -312,9 +313,7 @@ def test_prometheus_rule_embeds_the_rule_files_with_alert_labels(chart, tmp_path
     # The embedded rules are still valid Prometheus rules ({{ $labels }} templates intact).
     path = tmp_path / "rendered-rules.yaml"
     path.write_text(yaml.safe_dump({"groups": groups}))
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+    promtool = require_binary("promtool")
     proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

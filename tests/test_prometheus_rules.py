@@ -9,12 +9,12 @@ alert-fatigue rules of the seeds: a `for:`, a severity, a summary and a runbook 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.services.requirements import require_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "helm" / "tracepipe" / "rules"
@@ -26,9 +26,7 @@ RECORD_NAME = re.compile(r"^[a-z_]+:tracepipe_[a-z_]+:[a-z0-9_]+$")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("promtool")
-    if exe is None:
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+    exe = require_binary("promtool")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 

@@ -9,7 +9,6 @@ scrapes only itself. `query(...)` runs an instant PromQL query over the HTTP API
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 
 from tests.services import LOCAL, RunningService, free_port, wait_for_port
+from tests.services.requirements import require_binary
 
 
 def start_local_prometheus(
@@ -33,9 +33,7 @@ def start_local_prometheus(
     workdir: str | None = None,
     ready_timeout: float = 30.0,
 ) -> RunningService:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        raise RuntimeError("prometheus not found: apt-get install prometheus")
+    binary = require_binary("prometheus")
     port = free_port()
     workdir = workdir or tempfile.mkdtemp(prefix="tracepipe-prometheus-")
     config = {

@@ -7,12 +7,12 @@ instance (persistence on, same port and directory).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 
 from tests.services import CONTAINER, LOCAL, RunningService, free_port, wait_for_port
+from tests.services.requirements import require_binary
 
 
 def start_local_redis(
@@ -55,10 +55,7 @@ def start_local_redis(
 
 
 def _binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server not found: apt-get install redis-server")
-    return binary
+    return require_binary("redis-server")
 
 
 def _wait_loaded(port: int) -> None:
@@ -145,9 +142,7 @@ def start_local_redis_cluster(masters: int = 3) -> RedisCluster:
                 RunningService("redis", "127.0.0.1", port, f"redis://127.0.0.1:{port}", process=proc, workdir=workdir)
             )
             wait_for_port("127.0.0.1", port, proc=proc)
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            raise RuntimeError("redis-cli not found: apt-get install redis-tools")
+        cli = require_binary("redis-cli")
         subprocess.run(
             [
                 cli,
@@ -213,9 +208,7 @@ def start_local_redis_tls(password: str) -> RunningService:
     """redis-server speaking TLS only (certificates from a throwaway CA made with openssl), with a password.
 
     `extra["ca_file"]` is the CA to trust; the URL is rediss://127.0.0.1:PORT/0 (no password in it)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise RuntimeError("openssl not found")
+    openssl = require_binary("openssl")
     workdir = tempfile.mkdtemp(prefix="tracepipe-redis-tls-")
 
     def run(*args: str) -> None:
