@@ -7,9 +7,12 @@ Prints, from one run:
   the process used) and per wall second, with 10 attributes per span and GenAI spans
   carrying a few KB of prompt and completion;
 - receive-to-queryable latency p50/p99: a trace is sent, then the query API is polled
-  until the trace is there, while a background load runs.
+  until the trace is there, while a background load runs;
+- the write-ahead log's cost: the same workload through the in-memory queue (wal off), the
+  default `fsync: batch` and `fsync: always`, alternating, each as a ratio to the in-memory
+  queue of the same round (absolute figures move with the machine's load; the ratios less).
 
-    python bench/throughput.py [--spans 150000] [--latency-samples 100]
+    python bench/throughput.py [--spans 150000] [--latency-samples 100] [--wal-rounds 2] [--wal-only]
 """
 
 from __future__ import annotations
@@ -150,6 +153,41 @@ async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, conc
             "per_wall": n_spans / wall, "retries": retries}
 
 
+def wal_config(tmp: Path, fsync: str | None) -> Path:
+    """The embedded default config with the write-ahead log off (None) or on with `fsync`."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipeline" / "default.yaml").read_text())
+    wal = {"enabled": False} if fsync is None else {"enabled": True, "fsync": fsync}
+    cfg.setdefault("transport", {}).setdefault("memory", {})["wal"] = wal
+    path = tmp / f"wal-{fsync or 'off'}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def wal_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
+    modes: list[tuple[str, str | None]] = [("memory", None), ("batch", "batch"), ("always", "always")]
+    ratios: dict[str, list[float]] = {"batch": [], "always": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(rounds):
+            per_wall: dict[str, float] = {}
+            for label, fsync in modes:
+                data = Path(tmp) / f"data-{label}-{rnd}"
+                p = start_pipeline(data, "-c", str(wal_config(Path(tmp), fsync)))
+                try:
+                    r = asyncio.run(throughput(p, bodies, n_spans))
+                finally:
+                    p.stop()
+                per_wall[label] = r["per_wall"]
+                print(f"wal    round {rnd + 1} {label:<7} {r['per_wall']:>10,.0f} spans/s wall "
+                      f"{r['per_core']:>10,.0f} spans/s per core, {r['retries']} retried requests")
+            for label in ratios:
+                ratios[label].append(per_wall[label] / per_wall["memory"])
+    for label, values in ratios.items():
+        print(f"ratio  wal fsync={label:<6} / in-memory queue (wall throughput) = "
+              f"{sum(values) / len(values):.2f}  (rounds: {', '.join(f'{v:.2f}' for v in values)})")
+
+
 async def latency(p: PipelineProcess, samples: int, background_rps: float) -> list[float]:
     """Receive-to-queryable: POST one trace, poll the API until it answers 200."""
     url = f"{p.otlp_http}/v1/traces"
@@ -193,6 +231,8 @@ def main() -> None:
     ap.add_argument("--spans", type=int, default=150_000)
     ap.add_argument("--latency-samples", type=int, default=100)
     ap.add_argument("--background-rps", type=float, default=10.0, help="background requests/s during latency")
+    ap.add_argument("--wal-rounds", type=int, default=2, help="rounds of memory / batch / always runs")
+    ap.add_argument("--wal-only", action="store_true", help="only the write-ahead log cost")
     args = ap.parse_args()
 
     n_requests = max(1, args.spans // (TRACES_PER_REQUEST * 3))
@@ -202,6 +242,9 @@ def main() -> None:
     print(f"workload: {n_spans} spans in {len(bodies)} requests of {TRACES_PER_REQUEST * 3} spans, "
           f"10 attributes/span, {sum(map(len, bodies)) / n_spans:.0f} bytes/span on the wire")
 
+    if args.wal_only:
+        wal_cost(bodies, n_spans, args.wal_rounds)
+        return
     floors = floor_figures(bodies, n_spans)
     for name, value in floors.items():
         print(f"floor  {name:<24} {value:>12,.0f} spans/s (one core)")
@@ -221,6 +264,7 @@ def main() -> None:
             p.stop()
     print(f"ratio  path per core / decode floor = {r['per_core'] / floors['OTLP -> Span decode']:.2f}, "
           f"path per core / chDB insert floor = {r['per_core'] / floors['chDB insert_arrow']:.2f}")
+    wal_cost(bodies, n_spans, args.wal_rounds)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ class Chain:
         self._closing = False
         self._tick_seq = itertools.count(1)
         self._tick_prefix = uuid.uuid4().hex[:12]
+        self.failing_sinks: dict[str, float] = {}  # sink id -> monotonic time its current failure began
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -214,7 +215,9 @@ class Chain:
             else:
                 t.sink_write_duration.labels(sink_id).observe(time.perf_counter() - t0)
                 t.sink_sent_spans.labels(sink_id).inc(len(batch.spans))
+                self.failing_sinks.pop(sink_id, None)
                 return
             t.sink_retries.labels(sink_id).inc()
+            self.failing_sinks.setdefault(sink_id, time.monotonic())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.retry.max_backoff)

@@ -138,8 +138,20 @@ class OtlpReceiverConfig(ComponentConfig):
 RECEIVER_TYPES: dict[str, type[ComponentConfig]] = {"otlp": OtlpReceiverConfig}
 
 
+class WalConfig(ComponentConfig):
+    enabled: bool = Field(True, description="Acknowledge only what is in the write-ahead log; replay it at start.")
+    dir: str | None = Field(None, description="Directory of the log; default <service.data_dir>/wal.")
+    fsync: Literal["always", "batch", "off"] = Field(
+        "batch", description="always: fsync before every ack; batch: group commit; off: OS page cache only."
+    )
+    batch_interval: float = Field(0.005, gt=0, le=1, description="Seconds between group fsyncs (fsync: batch).")
+    max_bytes: int = Field(1024**3, gt=0, description="Bytes the log may hold; beyond, clients get 429.")
+    segment_bytes: int = Field(16 * 1024**2, gt=0, description="Size at which a new segment file is started.")
+
+
 class MemoryTransportConfig(ComponentConfig):
     capacity_spans: int = Field(200_000, gt=0, description="Spans the in-process queue holds (waiting + in flight).")
+    wal: WalConfig = Field(default_factory=WalConfig, description="The durable write-ahead log of the queue.")
 
 
 class KafkaSecurityConfig(ComponentConfig):
@@ -227,6 +239,15 @@ class LogConfig(ComponentConfig):
     format: Literal["text", "json"] = "text"
 
 
+class HealthConfig(ComponentConfig):
+    stall_timeout: float = Field(
+        30.0, gt=0, description="/readyz fails when spans are queued and no batch completed for this long."
+    )
+    watchdog_timeout: float = Field(
+        10.0, gt=0, description="/healthz fails when the event loop or the worker loop made no progress this long."
+    )
+
+
 class ServiceConfig(ComponentConfig):
     pipelines: dict[str, PipelineConfig] = Field(..., min_length=1)
     data_dir: str = Field(DEFAULT_DATA_DIR, description="Where embedded data (chDB) lives.")
@@ -237,6 +258,7 @@ class ServiceConfig(ComponentConfig):
     query_sink: str | None = Field(None, description="ClickHouse sink id the query API reads; default the first.")
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain queued spans on shutdown.")
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
 
 class RawConfig(BaseModel):

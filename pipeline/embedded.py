@@ -5,6 +5,11 @@ sinks) with the query API and /metrics alongside. The receiver answers success o
 queue accepted the request; the queue's capacity counts in-flight spans too, so a stalled
 sink turns into retryable answers to clients, never into silent loss. On shutdown the
 receivers stop first, the queue is drained through the chain, processors flush, sinks close.
+
+With `transport.memory.wal.enabled` (the default) the queue is backed by a write-ahead log
+under `<data_dir>/wal/`: a request is acknowledged once it is in the log, and what the log
+still holds at start (after a crash, or spans a shutdown could not drain) is replayed
+through the chain before new traffic is taken. Health: pipeline/runtime_health.py.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from pipeline.chain import Chain
 from pipeline.config import Config
 from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.otlp.decode import decode_request
+from pipeline.runtime_health import RuntimeHealth
 from pipeline.spans import Span, SpanBatch
 from pipeline.state import MemoryStateStore
 from pipeline.telemetry import Telemetry
 from pipeline.transport.memory import MemoryTransport, TakenBatch
+from pipeline.transport.wal import WriteAheadLog
 
 log = logging.getLogger("tracepipe.embedded")
 
@@ -67,7 +74,9 @@ class EmbeddedRuntime:
     def __init__(self, config: Config, telemetry: Telemetry | None = None) -> None:
         self.config = config
         self.telemetry = telemetry or Telemetry()
-        self.transport = MemoryTransport(config.transport.memory.capacity_spans, self.telemetry)
+        self.transport = MemoryTransport(
+            config.transport.memory.capacity_spans, self.telemetry, wal=build_wal(config, self.telemetry)
+        )
         self.state = MemoryStateStore()
         self.extras: dict[str, Any] = {}
         self.alerts: Any = None
@@ -80,6 +89,12 @@ class EmbeddedRuntime:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(2)
         self._stopping = False
+        hcfg = config.service.health
+        self.health = RuntimeHealth(
+            self.telemetry, stall_timeout=hcfg.stall_timeout, watchdog_timeout=hcfg.watchdog_timeout,
+            queued=lambda: self.transport.size,
+            failing_sinks=lambda: self.chain.failing_sinks if self.chain is not None else {},
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -94,6 +109,10 @@ class EmbeddedRuntime:
         self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, extras=self.extras)
         await self.chain.start()
         try:
+            replayed = self.transport.load_replay()
+            if replayed:
+                log.info("write-ahead log: replaying %d spans acknowledged before the last stop", replayed)
+            self.health.start()
             self.queries = await open_queries(cfg, self.chain)
             self._worker = asyncio.create_task(self._work(), name="tracepipe-worker")
             await self._start_servers()
@@ -114,11 +133,17 @@ class EmbeddedRuntime:
         readiness = {
             "transport": lambda: (self.transport.ready(), f"queue {self.transport.size}/{self.transport.capacity}"),
             "sinks": lambda: self.chain.ready() if self.chain else (False, "not started"),
+            "delivery": self.health.delivery,
+        }
+        liveness = {
+            "worker": self._worker_alive,
+            "event_loop": self.health.event_loop,
+            "worker_taking": lambda: self.health.worker_taking(self.transport.waiting),
         }
         api_ctx = ApiContext(
             telemetry=self.telemetry,
             queries=self.queries,
-            liveness={"worker": self._worker_alive},
+            liveness=liveness,
             readiness=readiness,
             extras={**self.extras, **({"alerts": self.alerts.store} if self.alerts is not None else {})},
         )
@@ -145,8 +170,10 @@ class EmbeddedRuntime:
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), self.config.service.shutdown_timeout)
             except TimeoutError:
-                log.error("shutdown: %d spans still queued after %.0fs; they are lost",
-                          self.transport.size, self.config.service.shutdown_timeout)
+                log.error("shutdown: %d spans still queued after %.0fs; %s",
+                          self.transport.size, self.config.service.shutdown_timeout,
+                          "they stay in the write-ahead log for the next start" if self.transport.wal
+                          else "they are lost")
                 self._worker.cancel()
                 for t in list(self._in_flight):
                     t.cancel()
@@ -155,7 +182,11 @@ class EmbeddedRuntime:
         if self.chain is not None:
             with contextlib.suppress(Exception):
                 await self.chain.flush()
+            self.transport.collect(self._held_batches())
             await self.chain.close()
+        with contextlib.suppress(Exception):
+            await self.transport.close_log()
+        await self.health.stop()
         if self.alerts is not None:
             with contextlib.suppress(Exception):
                 await self.alerts.close()
@@ -174,14 +205,20 @@ class EmbeddedRuntime:
         idle_tick = max(bcfg.timeout, 0.05)
         while True:
             await self._slots.acquire()
+            # No wait_for around take: take's own idle timeout returns an empty batch, and
+            # cancelling take (shutdown) never loses a request.
+            self.health.take_since = time.monotonic()
             try:
-                taken = await asyncio.wait_for(self.transport.take(bcfg.max_spans, bcfg.timeout), idle_tick * 5)
-            except TimeoutError:
+                taken = await self.transport.take(bcfg.max_spans, bcfg.timeout, idle_timeout=idle_tick * 5)
+            finally:
+                self.health.take_since = None
+            if taken is not None and not taken.items:
                 self._slots.release()
                 try:
                     await self.chain.tick()
                 except Exception:
                     log.exception("chain tick failed")
+                self.transport.collect(self._held_batches())
                 continue
             if taken is None:
                 self._slots.release()
@@ -195,6 +232,7 @@ class EmbeddedRuntime:
     async def _handle(self, taken: TakenBatch) -> None:
         assert self.chain is not None
         try:
+            await self.transport.persist_taken()
             spans: list[Span] = []
             for item in taken.items:
                 spans.extend(decode_request(item.request))
@@ -202,12 +240,40 @@ class EmbeddedRuntime:
                               meta={"received_at": taken.oldest_enqueued_at, "taken_at": time.monotonic()})
             self.telemetry.batch_spans.labels("all").observe(len(spans))
             await self.chain.run(batch)
+            self.health.batch_completed()
         except Exception:
             log.exception("batch %s failed unexpectedly; its spans are lost", taken.batch_id)
             self.telemetry.dropped_spans.labels("internal_error").inc(taken.spans)
         finally:
-            await self.transport.release(taken)
+            await self.transport.release(taken, self._held_batches())
             self._slots.release()
+
+    def _held_batches(self) -> set[str]:
+        """Transport batch ids any processor still holds spans of (`held_batches()`, if it has one)."""
+        held: set[str] = set()
+        if self.chain is None:
+            return held
+        for pipe in self.chain.pipelines:
+            for proc in pipe.processors:
+                fn = getattr(proc, "held_batches", None)
+                if fn is not None:
+                    try:
+                        held |= set(fn())
+                    except Exception:
+                        log.exception("processor %s: held_batches failed", proc.component_id)
+        return held
+
+
+def build_wal(config: Config, telemetry: Telemetry) -> WriteAheadLog | None:
+    """The embedded queue's write-ahead log as configured (None when disabled)."""
+    wcfg = config.transport.memory.wal
+    if not wcfg.enabled:
+        return None
+    from pathlib import Path
+
+    directory = Path(wcfg.dir) if wcfg.dir else config.data_dir / "wal"
+    return WriteAheadLog(directory, max_bytes=wcfg.max_bytes, segment_bytes=wcfg.segment_bytes,
+                         fsync=wcfg.fsync, batch_interval=wcfg.batch_interval, telemetry=telemetry)
 
 
 def _host_of(cfg: Any, kind: str) -> str:

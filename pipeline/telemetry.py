@@ -79,6 +79,27 @@ class Telemetry:
             "queue_capacity", "Capacity of the transport queue in spans.",
             ["transport"], namespace=ns, registry=r,
         )
+        # --- embedded write-ahead log and health ------------------------------------
+        self.wal_bytes = Gauge("wal_bytes", "Bytes in the embedded write-ahead log's segments.",
+                               namespace=ns, registry=r)
+        self.wal_segments = Gauge("wal_segments", "Segment files of the embedded write-ahead log.",
+                                  namespace=ns, registry=r)
+        self.wal_fsync_duration = Histogram(
+            "wal_fsync_duration_seconds", "Duration of one (group) fsync of the write-ahead log.",
+            buckets=INTERNAL_BUCKETS, namespace=ns, registry=r,
+        )
+        self.wal_replayed_records = Counter(
+            "wal_replayed_records", "Write-ahead log records replayed through the chain at start.",
+            namespace=ns, registry=r,
+        )
+        self.wal_corrupt_records = Counter(
+            "wal_corrupt_records", "Torn or corrupt write-ahead log records skipped at start.",
+            namespace=ns, registry=r,
+        )
+        self.last_batch_completed = Gauge(
+            "last_batch_completed_timestamp_seconds", "Unix time the worker last completed a batch.",
+            namespace=ns, registry=r,
+        )
         # --- kafka (distributed runtime) -------------------------------------------
         self.kafka_produce_duration = Histogram(
             "kafka_produce_duration_seconds", "Time from handing a request's messages to Kafka to their acks.",

@@ -26,7 +26,8 @@ def run(config_path: str | None, data_dir: str | None, otlp_grpc: str | None, ot
     """Run the embedded pipeline: OTLP receivers, in-process queue, processor chain, chDB.
 
     With no options it listens on localhost (OTLP gRPC 4317, HTTP 4318, API 8081,
-    /metrics 9464) and keeps its data in ./tracepipe-data. Stop with Ctrl-C: queued
+    /metrics 9464) and keeps its data in ./tracepipe-data. Acknowledged spans are kept in a
+    write-ahead log under DATA_DIR/wal and replayed after a crash. Stop with Ctrl-C: queued
     spans are drained to the sinks before it exits.
     """
     cfg = load_or_exit(config_path, data_dir=data_dir, otlp_grpc=otlp_grpc, otlp_http=otlp_http,
