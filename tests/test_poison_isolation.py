@@ -396,3 +396,61 @@ async def test_dead_letter_store_keeps_entries_across_reopen_and_holds_otlp_prot
     req = ExportTraceServiceRequest.FromString(entry.request)
     assert [sp.name for rs in req.resource_spans for ss in rs.scope_spans for sp in ss.spans] == ["poison"]
     assert entry.error == "value out of range" and entry.at <= time.time()
+
+
+# --- validation at the door -------------------------------------------------------------
+
+
+def _door(*spans):
+    from pipeline.otlp.validate import sanitize
+    from tests.otlp_support import pb_request
+
+    req = pb_request(list(spans))
+    return req, sanitize(req, 1000)
+
+
+def test_door_rejects_times_storage_cannot_hold_and_clamps_what_it_can_fix():
+    from pipeline.otlp.validate import CLAMPED_ATTRIBUTE, sanitize
+    from tests.otlp_support import pb_request, pb_span
+
+    good, late_end, late_start, backwards, event_far = (pb_span(i) for i in range(5))
+    late_end.end_time_unix_nano = PAST_2262
+    late_start.start_time_unix_nano = PAST_2262
+    backwards.end_time_unix_nano = backwards.start_time_unix_nano - 5
+    ev = event_far.events.add()
+    ev.time_unix_nano, ev.name = 2**64 - 1, "far"
+    req, res = _door(good, late_end, late_start, backwards, event_far)
+    assert (res.accepted, res.rejected) == (3, 2)
+    assert res.reasons == {"timestamp_out_of_range": 2}
+    assert "2262" in res.message
+    assert res.clamped == {"end_before_start": 1, "event_time_out_of_range": 1}
+    kept = list(req.resource_spans[0].scope_spans[0].spans)
+    assert [sp.name for sp in kept] == ["span-0", "span-3", "span-4"]
+    assert kept[1].end_time_unix_nano == kept[1].start_time_unix_nano
+    assert kept[2].events[0].time_unix_nano == kept[2].end_time_unix_nano
+    flags = {sp.name: [a.value.string_value for a in sp.attributes if a.key == CLAMPED_ATTRIBUTE] for sp in kept}
+    assert flags == {"span-0": [], "span-3": ["end_before_start"], "span-4": ["event_time_out_of_range"]}
+    off = pb_request([pb_span(9)])
+    off.resource_spans[0].scope_spans[0].spans[0].end_time_unix_nano = PAST_2262
+    assert sanitize(off, 1000, storage_checks=False).rejected == 0
+
+
+async def test_spans_clamped_at_the_door_are_stored(clickhouse_dsn: str, chdb_database: str, store):
+    from pipeline.otlp.decode import decode_request
+    from tests.otlp_support import pb_span
+
+    backwards, event_far = pb_span(1), pb_span(2)
+    backwards.end_time_unix_nano = 5
+    event_far.events.add().time_unix_nano = 2**64 - 1
+    req, _ = _door(backwards, event_far)
+    t = Telemetry()
+    sink = await started_sink(clickhouse_dsn, chdb_database, ttl_days=None, retries=0)
+    try:
+        await _chain({"clickhouse": sink}, t, store).run(SpanBatch(decode_request(req), "door"))
+        rows = sink._client.query(
+            f"SELECT SpanAttributes['tracepipe.clamped'], Duration FROM {chdb_database}.otel_traces "
+            "ORDER BY SpanId").result_rows
+    finally:
+        await sink.close()
+    assert rows == [("end_before_start", 0), ("event_time_out_of_range", 1_000_000_000)]
+    assert store.list() == []

@@ -40,7 +40,7 @@ def set_any_value(target: Any, value: Any) -> None:
     elif t is float:
         target.double_value = value
     elif value is None:
-        return
+        target.SetInParent()  # an empty AnyValue, as the decoder read it
     elif isinstance(value, bytes | bytearray):
         target.bytes_value = bytes(value)
     elif isinstance(value, list | tuple):
@@ -99,8 +99,9 @@ def encode_spans(spans: Iterable[Span]) -> ExportTraceServiceRequest:
         sp.start_time_unix_nano = s.start_ns
         sp.end_time_unix_nano = s.end_ns
         _set_attributes(sp.attributes, s.attributes)
-        sp.status.code = s.status_code  # type: ignore[assignment]
-        sp.status.message = s.status_message
+        if s.status_code or s.status_message:
+            sp.status.code = s.status_code  # type: ignore[assignment]
+            sp.status.message = s.status_message
         for e in s.events:
             ev = sp.events.add()
             ev.time_unix_nano = e.time_ns
