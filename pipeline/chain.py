@@ -8,12 +8,17 @@ is when the runtime may release or commit the batch.
 
 Failures:
 - A processor that raises on a batch is retried span by span; the spans it still
-  raises on are dropped and counted (reason `processor_error`), the rest go on. A bad
+  raises on are dead-lettered (reason `processor_error`), the rest go on. A bad
   span never poisons its batch or stops the worker.
 - A sink that fails is retried with exponential backoff (only that sink, the others
-  already acked); a non-retryable `SinkError` drops that sink's part, counted
-  (reason `sink_rejected`). Writes are keyed by `<batch_id>/<pipeline>` so retries and
-  redeliveries are idempotent in sinks that honour the key.
+  already acked) within `service.retry`'s budget; a non-retryable `SinkError`, or a
+  failure past the budget, bisects that sink's part until the refused spans are isolated
+  and dead-lettered (pipeline/poison.py). Writes are keyed by `<batch_id>/<pipeline>`
+  (halves `...~0`, `...~1`) so retries and redeliveries are idempotent in sinks that
+  honour the key.
+- Dead letters go to `chain.dead_letter` (a `DeadLetterPublisher`: the local store in
+  embedded mode, the dead-letter topic in distributed mode); `replay(entry)` sends one
+  back to the component that refused it.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.component import Processor, Sink, SinkError
+from pipeline.component import Processor, Sink
 from pipeline.config import RetryConfig
+from pipeline.dead_letter import DeadLetter, DeadLetterPublisher
+from pipeline.poison import Failure, SinkWriter
 from pipeline.spans import Span, SpanBatch
 from pipeline.telemetry import Telemetry
 
@@ -67,7 +74,23 @@ class Chain:
         self._closing = False
         self._tick_seq = itertools.count(1)
         self._tick_prefix = uuid.uuid4().hex[:12]
-        self.failing_sinks: dict[str, float] = {}  # sink id -> monotonic time its current failure began
+        self.writer = SinkWriter(sinks, telemetry, self.retry, self.log)
+        # (pipeline, processor id, spans, error) refused by processors, published by the caller
+        self._refused: list[tuple[str, str, SpanBatch, str]] = []
+
+    @property
+    def dead_letter(self) -> DeadLetterPublisher | None:
+        """Where refused spans go; None drops them (counted). The runtime sets it."""
+        return self.writer.dead_letter
+
+    @dead_letter.setter
+    def dead_letter(self, publisher: DeadLetterPublisher | None) -> None:
+        self.writer.dead_letter = publisher
+
+    @property
+    def failing_sinks(self) -> dict[str, float]:
+        """Sink id -> monotonic time its current run of failed writes began (for /readyz)."""
+        return self.writer.failing_sinks
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -110,6 +133,7 @@ class Chain:
         for i, root in enumerate(self.roots):
             inp = batch if (consumers == 1 or i == consumers - 1) else batch.clone()
             self._run_pipeline(root, inp, 0, writes)
+        await self._publish_refused()
         await self._write_all(writes)
 
     async def tick(self) -> None:
@@ -132,14 +156,43 @@ class Chain:
                     continue
                 if held:
                     self._run_pipeline(pipe, SpanBatch(held, f"{flush_id}-{proc.component_id}"), idx + 1, writes)
+        await self._publish_refused()
         await self._write_all(writes)
+
+    async def replay(self, entry: DeadLetter, spans: list[Span]) -> int:
+        """Send a dead letter's spans back to where they were refused: the sink alone (the
+        others acked them already), or the pipeline from the processor that raised. Its
+        batch id is `replay-<entry id>`, so replaying twice stores once. Returns the spans
+        refused again (dead-lettered anew, `replay_of` = the entry's id)."""
+        stats: dict[str, int] = {"dead": 0}
+        batch = SpanBatch(spans, f"replay-{entry.id}", meta={"replay_of": entry.id, "replay_stats": stats})
+        if entry.kind == "sink":
+            if entry.component not in self.sinks:
+                raise ValueError(f"sink {entry.component!r} is not in this configuration")
+            await self.writer.write(entry.pipeline, entry.component, batch)
+            return stats["dead"]
+        pipe = next((p for p in self.pipelines if p.name == entry.pipeline), None)
+        ids = [proc.component_id for proc in pipe.processors] if pipe is not None else []
+        if pipe is None or entry.component not in ids:
+            raise ValueError(f"processor {entry.component!r} of pipeline {entry.pipeline!r} is not configured")
+        writes: list[tuple[str, str, SpanBatch]] = []
+        self._run_pipeline(pipe, batch, ids.index(entry.component), writes)
+        await self._publish_refused()
+        await self._write_all(writes)
+        return stats["dead"]
+
+    async def _publish_refused(self) -> None:
+        refused, self._refused = self._refused, []
+        for pipeline, proc_id, part, error in refused:
+            await self.writer.dead_letter_spans(pipeline, proc_id, "processor", part,
+                                                Failure(False, "processor_error", error))
 
     def _run_pipeline(
         self, pipe: PipelineRun, batch: SpanBatch, start: int, writes: list[tuple[str, str, SpanBatch]]
     ) -> None:
         t0 = time.perf_counter()
         for proc in pipe.processors[start:]:
-            batch = self._process(proc, batch)
+            batch = self._process(proc, batch, pipe.name)
         if batch.spans or not pipe.processors:
             part = SpanBatch(spans=batch.spans, batch_id=f"{batch.batch_id}/{pipe.name}", meta=batch.meta)
             for sid in pipe.sink_ids:
@@ -152,29 +205,33 @@ class Chain:
             shared_ok = i == n_children - 1 and not pipe.sink_ids
             self._run_pipeline(child, batch if shared_ok else batch.clone(), 0, writes)
 
-    def _process(self, proc: Processor, batch: SpanBatch) -> SpanBatch:
+    def _process(self, proc: Processor, batch: SpanBatch, pipeline: str = "") -> SpanBatch:
         t0 = time.perf_counter()
         try:
             out = proc.process(batch)
         except Exception:
-            out = self._process_span_by_span(proc, batch)
+            out = self._process_span_by_span(proc, batch, pipeline)
         self.telemetry.processor_duration.labels(proc.component_id).observe(time.perf_counter() - t0)
         return out
 
-    def _process_span_by_span(self, proc: Processor, batch: SpanBatch) -> SpanBatch:
+    def _process_span_by_span(self, proc: Processor, batch: SpanBatch, pipeline: str = "") -> SpanBatch:
         self.log.exception(
             "processor %s failed on a batch of %d spans; isolating the bad spans", proc.component_id, len(batch)
         )
         kept: list[Span] = []
-        bad = 0
+        bad: list[Span] = []
+        error = ""
         for span in batch.spans:
             try:
                 kept.extend(proc.process(batch.with_spans([span])).spans)
-            except Exception:
-                bad += 1
+            except Exception as e:
+                bad.append(span)
+                error = error or type(e).__name__
         if bad:
-            self.log.error("processor %s dropped %d span(s) it could not process", proc.component_id, bad)
-            self.telemetry.count_drop(proc.component_id, "processor_error", bad)
+            self.log.error("processor %s refused %d span(s) it could not process", proc.component_id, len(bad))
+            self.telemetry.processor_dropped_spans.labels(proc.component_id, "processor_error").inc(len(bad))
+            refused = SpanBatch(bad, f"{batch.batch_id}/{pipeline}!{proc.component_id}", meta=batch.meta)
+            self._refused.append((pipeline, proc.component_id, refused, f"{proc.component_id} raised {error}"))
         return batch.with_spans(kept)
 
     async def _write_all(self, writes: list[tuple[str, str, SpanBatch]]) -> None:
@@ -188,36 +245,4 @@ class Chain:
                 self.telemetry.pipeline_spans.labels(pname).inc(len(part.spans))
 
     async def _write(self, pipeline: str, sink_id: str, batch: SpanBatch) -> None:
-        sink = self.sinks[sink_id]
-        t = self.telemetry
-        backoff = self.retry.initial_backoff
-        attempt = 0
-        while True:
-            attempt += 1
-            t0 = time.perf_counter()
-            try:
-                await sink.write(batch)
-            except SinkError as e:
-                t.sink_send_failed_spans.labels(sink_id).inc(len(batch.spans))
-                if not e.retryable:
-                    self.log.error("sink %s rejected %d spans of pipeline %s for good: %s",
-                                   sink_id, len(batch.spans), pipeline, e)
-                    t.dropped_spans.labels("sink_rejected").inc(len(batch.spans))
-                    return
-                self.log.warning("sink %s failed (attempt %d), retrying in %.1fs: %s",
-                                 sink_id, attempt, backoff, e)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                t.sink_send_failed_spans.labels(sink_id).inc(len(batch.spans))
-                self.log.warning("sink %s raised %s (attempt %d), retrying in %.1fs",
-                                 sink_id, type(e).__name__, attempt, backoff, exc_info=attempt == 1)
-            else:
-                t.sink_write_duration.labels(sink_id).observe(time.perf_counter() - t0)
-                t.sink_sent_spans.labels(sink_id).inc(len(batch.spans))
-                self.failing_sinks.pop(sink_id, None)
-                return
-            t.sink_retries.labels(sink_id).inc()
-            self.failing_sinks.setdefault(sink_id, time.monotonic())
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.retry.max_backoff)
+        await self.writer.write(pipeline, sink_id, batch)

@@ -93,11 +93,17 @@ class Sink(Protocol):
 
 
 class SinkError(Exception):
-    """A sink could not store a batch. `retryable` says whether trying again can help."""
+    """A sink could not store a batch. `retryable` says whether trying again can help.
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    `reason` classifies a non-retryable refusal (one of `pipeline.dead_letter.REASONS`,
+    e.g. "overflow", "type_mismatch"); `stored` is how many leading spans of the batch the
+    sink did store before failing (chunked inserts), so the chain isolates only the rest."""
+
+    def __init__(self, message: str, *, retryable: bool = True, reason: str | None = None, stored: int = 0) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.reason = reason
+        self.stored = stored
 
 
 class BaseProcessor:

@@ -133,6 +133,11 @@ class OtlpReceiverConfig(ComponentConfig):
     max_attributes_per_span: int = Field(
         1_000, gt=0, description="Spans with more attributes are rejected (partial success)."
     )
+    storage_checks: bool = Field(
+        True,
+        description="Reject spans whose times ClickHouse cannot store (past 2262-04-11) and clamp fixable ones "
+        "(end before start, event times out of range). Off only to exercise the dead-letter path.",
+    )
 
 
 RECEIVER_TYPES: dict[str, type[ComponentConfig]] = {"otlp": OtlpReceiverConfig}
@@ -169,6 +174,9 @@ class KafkaTransportConfig(ComponentConfig):
     brokers: str = Field("localhost:9092", description="Comma-separated bootstrap servers.")
     topic: str = Field("otlp_spans", description="Topic carrying OTLP ExportTraceServiceRequest protobuf.")
     alerts_topic: str = Field("tracepipe.alerts", description="Topic receiving alert events as JSON.")
+    dead_letter_topic: str = Field(
+        "tracepipe.dead-letter", description="Topic receiving dead letters (spans a sink refused) as OTLP protobuf."
+    )
     partitions: int = Field(12, gt=0, description="Partitions used when the topic is created.")
     replication_factor: int = Field(1, gt=0)
     create_topics: bool = Field(True, description="Create missing topics at start (else only verify).")
@@ -226,6 +234,16 @@ class BatchConfig(ComponentConfig):
 class RetryConfig(ComponentConfig):
     initial_backoff: float = Field(0.2, gt=0)
     max_backoff: float = Field(10.0, gt=0)
+    max_attempts: int | None = Field(
+        None, ge=1,
+        description="Writes of one batch to one sink before its retryable failures count as final and the "
+        "batch is bisected and dead-lettered; null: no limit by count (max_elapsed still applies).",
+    )
+    max_elapsed: float | None = Field(
+        300.0, gt=0,
+        description="Seconds a batch may keep failing retryably on one sink before it is bisected and the spans "
+        "still refused are dead-lettered (reason retries_exhausted); also bounds the bisection. null: retry forever.",
+    )
 
 
 class EndpointConfig(ComponentConfig):

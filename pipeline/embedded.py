@@ -107,6 +107,9 @@ class EmbeddedRuntime:
         emit = self.alerts.emit if self.alerts is not None else None
         self.extras = await build_extras(cfg, self.telemetry)
         self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, extras=self.extras)
+        from pipeline.dead_letter.service import attach_local_store
+
+        attach_local_store(self.chain, cfg.data_dir, self.extras)
         await self.chain.start()
         try:
             replayed = self.transport.load_replay()

@@ -66,6 +66,12 @@ class Telemetry:
             "Spans a receiver refused (reason: queue_full, transport_unavailable, invalid, too_large, ...).",
             ["receiver", "reason"], namespace=ns, registry=r,
         )
+        self.receiver_clamped_spans = Counter(
+            "receiver_clamped_spans",
+            "Spans a receiver accepted after clamping a value storage cannot hold (reason: end_before_start, "
+            "event_time_out_of_range); flagged with the attribute tracepipe.clamped.",
+            ["receiver", "reason"], namespace=ns, registry=r,
+        )
         self.receiver_requests = Counter(
             "receiver_requests", "Export requests answered, by outcome code (ok, partial, or the error).",
             ["receiver", "code"], namespace=ns, registry=r,
@@ -189,6 +195,10 @@ class Telemetry:
         )
         self.sink_retries = Counter(
             "sink_retries", "Batch writes a sink retried after a failure.", ["sink"], namespace=ns, registry=r,
+        )
+        self.dead_letter_spans = Counter(
+            "dead_letter_spans", "Spans a sink (or processor) refused for good, kept in the dead-letter store, "
+            "by component and reason.", ["sink", "reason"], namespace=ns, registry=r,
         )
         # --- chain -----------------------------------------------------------------
         self.batch_duration = Histogram(

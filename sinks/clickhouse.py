@@ -47,31 +47,57 @@ from pipeline.spans import SPAN_KIND_NAMES, STATUS_CODE_NAMES, Span, SpanBatch
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
-# ClickHouse error codes worth retrying (the server is busy, not the data wrong).
+# ClickHouse error codes worth retrying (the server is busy or unreachable, not the data wrong).
 _TRANSIENT_CODES = {
+    3,  # UNEXPECTED_END_OF_FILE
+    23,  # CANNOT_READ_FROM_ISTREAM
+    32,  # ATTEMPT_TO_READ_AFTER_EOF
     159,  # TIMEOUT_EXCEEDED
+    160,  # TOO_SLOW
     164,  # READONLY
+    173,  # CANNOT_ALLOCATE_MEMORY
     202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    203,  # NO_FREE_CONNECTION
     209,  # SOCKET_TIMEOUT
     210,  # NETWORK_ERROR
+    236,  # ABORTED
     241,  # MEMORY_LIMIT_EXCEEDED
     242,  # TABLE_IS_READ_ONLY
     252,  # TOO_MANY_PARTS
+    279,  # ALL_CONNECTION_TRIES_FAILED
     319,  # UNKNOWN_STATUS_OF_INSERT
+    394,  # QUERY_WAS_CANCELLED
     425,  # SYSTEM_ERROR
+    439,  # CANNOT_SCHEDULE_TASK
     999,  # KEEPER_EXCEPTION
 }
-# ClickHouse error codes meaning the rows themselves are unacceptable.
-_BAD_DATA_CODES = {
-    6,  # CANNOT_PARSE_TEXT
-    27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    53,  # TYPE_MISMATCH
-    69,  # ARGUMENT_OUT_OF_BOUND
-    70,  # CANNOT_CONVERT_TYPE
-    117,  # INCORRECT_DATA
-    131,  # TOO_LARGE_STRING_SIZE
-    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+# ClickHouse error codes meaning the rows themselves are unacceptable, by dead-letter reason
+# (pipeline.dead_letter.REASONS). Retrying the same rows cannot help: the chain isolates them.
+_BAD_DATA_REASONS = {
+    43: "type_mismatch",  # ILLEGAL_TYPE_OF_ARGUMENT
+    53: "type_mismatch",  # TYPE_MISMATCH
+    70: "type_mismatch",  # CANNOT_CONVERT_TYPE
+    386: "type_mismatch",  # NO_COMMON_TYPE
+    69: "overflow",  # ARGUMENT_OUT_OF_BOUND
+    153: "bad_argument",  # ILLEGAL_DIVISION
+    321: "overflow",  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    407: "overflow",  # DECIMAL_OVERFLOW (e.g. a span end past 2262 in the trace-summary view)
+    6: "parse_error",  # CANNOT_PARSE_TEXT
+    26: "parse_error",  # CANNOT_PARSE_QUOTED_STRING
+    27: "parse_error",  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38: "parse_error",  # CANNOT_PARSE_DATE
+    41: "parse_error",  # CANNOT_PARSE_DATETIME
+    72: "parse_error",  # CANNOT_PARSE_NUMBER
+    117: "parse_error",  # INCORRECT_DATA
+    395: "constraint_violation",  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO (throwIf in a view)
+    469: "constraint_violation",  # VIOLATED_CONSTRAINT
+    36: "bad_argument",  # BAD_ARGUMENTS
+    42: "bad_argument",  # NUMBER_OF_ARGUMENTS_DOESNT_MATCH
+    190: "bad_argument",  # SIZES_OF_ARRAYS_DONT_MATCH
+    128: "too_large",  # TOO_LARGE_ARRAY_SIZE
+    131: "too_large",  # TOO_LARGE_STRING_SIZE
 }
+_BAD_DATA_CODES = set(_BAD_DATA_REASONS)
 _CODE = re.compile(r"Code: (\d+)")
 
 DEDUP_WINDOW = 10_000  # inserted blocks remembered per table for redelivery deduplication
@@ -477,6 +503,15 @@ def is_bad_data(exc: BaseException) -> bool:
     return isinstance(exc, DatabaseError) and error_code(exc) in _BAD_DATA_CODES
 
 
+def classify_error(exc: BaseException) -> tuple[bool, str | None]:
+    """(retryable, dead-letter reason) of a failed insert. Bad data is not retryable and has a
+    reason; everything else (transient, or unknown such as a missing table, an operator
+    problem) is retryable, and dead-lettered only past the retry budget."""
+    if is_bad_data(exc):
+        return False, _BAD_DATA_REASONS[error_code(exc)]  # type: ignore[index]
+    return True, None
+
+
 def redact_dsn(dsn: str) -> str:
     """The DSN without its credentials, for logs and errors."""
     parts = urlsplit(dsn)
@@ -485,6 +520,22 @@ def redact_dsn(dsn: str) -> str:
     host = parts.hostname or ""
     netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _refuse_unstorable_times(spans: list[Span], component_id: str, *, stored: int) -> None:
+    """Refuse (not retryably) a chunk holding a span that ends past DateTime64(9)'s range.
+
+    Checked before inserting because ClickHouse would not refuse it atomically: the spans
+    table takes the rows, then the trace-summary view overflows (code 407) and the insert
+    fails, leaving rows behind that a retry of the halves would store again."""
+    if spans and (max([s.end_ns for s in spans]) > _I64 or max([s.start_ns for s in spans]) > _I64):
+        raise SinkError(
+            f"{component_id}: span times after 2262-04-11 cannot be stored (DateTime64(9) range; "
+            "the trace-summary view would overflow, ClickHouse code 407)",
+            retryable=False,
+            reason="overflow",
+            stored=stored,
+        )
 
 
 def dedup_token(batch_id: str, chunk: int) -> str:
@@ -567,9 +618,14 @@ class ClickHouseSink(BaseSink):
         try:
             for i, chunk in enumerate(chunks):
                 table = await pending
+                _refuse_unstorable_times(chunk, self.component_id, stored=i * step)
                 if i + 1 < len(chunks):  # encode the next chunk while this one is inserted
                     pending = loop.run_in_executor(self._encoder, self._encode, chunks[i + 1])
-                await self._insert_chunk(table, len(chunk), dedup_token(batch.batch_id, i))
+                try:
+                    await self._insert_chunk(table, len(chunk), dedup_token(batch.batch_id, i))
+                except SinkError as e:
+                    e.stored = i * step  # the chunks before this one are stored
+                    raise
         finally:
             if not pending.done():
                 pending.cancel()
@@ -608,9 +664,11 @@ class ClickHouseSink(BaseSink):
                     # Never put attribute values in the message: name the error only.
                     code = error_code(e)
                     detail = f"{type(e).__name__}" + (f" (ClickHouse code {code})" if code else "")
+                    retryable, reason = classify_error(e)
                     raise SinkError(
                         f"{self.component_id}: insert of {n_spans} spans into {self.target} failed: {detail}",
-                        retryable=not is_bad_data(e),
+                        retryable=retryable,
+                        reason=reason,
                     ) from e
                 attempt += 1
                 await self._sleep(backoff)

@@ -3,7 +3,9 @@
 `sanitize_request` removes, in place, spans that no sink could store correctly — a trace
 id that is not 16 bytes or is all zero, a span id that is not 8 bytes or is all zero, a
 parent span id that is neither empty nor 8 bytes, more attributes than allowed — and
-drops scope/resource entries left empty. The rest of the request is kept: a bad span
+drops scope/resource entries left empty. With `storage_checks` (the default) it also
+rejects spans whose times ClickHouse's DateTime64(9) cannot hold and clamps the fixable
+ones (see `_unstorable` and `_clamp_for_storage`). The rest of the request is kept: a bad span
 never poisons its batch, and the client learns about the rejected ones through an OTLP
 partial success (rejected_spans + error_message).
 """
@@ -27,7 +29,12 @@ _REASONS = {
     "invalid_span_id": "an invalid span id (must be 8 bytes, not all zero)",
     "invalid_parent_span_id": "an invalid parent span id (must be empty or 8 bytes)",
     "too_many_attributes": "more than {max} attributes",
+    "timestamp_out_of_range": "a start or end time after 2262-04-11T23:47:16Z (storage cannot hold it)",
 }
+# DateTime64(9) holds 1900-01-01 .. 2262-04-11T23:47:16.854775807Z; OTLP times are unsigned
+# nanoseconds since 1970, so only the upper bound can be crossed.
+MAX_STORABLE_NS = 2**63 - 1
+CLAMPED_ATTRIBUTE = "tracepipe.clamped"
 
 
 @dataclass
@@ -36,6 +43,7 @@ class SanitizeResult:
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # reason -> rejected spans
     message: str = ""
+    clamped: dict[str, int] = field(default_factory=dict)  # reason -> spans accepted after clamping
 
 
 def count_spans(req: ExportTraceServiceRequest) -> int:
@@ -43,9 +51,13 @@ def count_spans(req: ExportTraceServiceRequest) -> int:
     return sum([len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans])
 
 
-def sanitize(req: ExportTraceServiceRequest, max_attributes_per_span: int) -> SanitizeResult:
+def sanitize(
+    req: ExportTraceServiceRequest, max_attributes_per_span: int, *, storage_checks: bool = True
+) -> SanitizeResult:
     """Remove invalid spans in place; the counts by reason and a client-facing message."""
     res = SanitizeResult()
+    storage = storage_checks
+    clamped = res.clamped
     reasons = res.reasons
     zero_t = _ZERO_TRACE
     zero_s = _ZERO_SPAN
@@ -70,7 +82,11 @@ def sanitize(req: ExportTraceServiceRequest, max_attributes_per_span: int) -> Sa
                     reason = "invalid_parent_span_id"
                 elif len(sp.attributes) > max_attrs:
                     reason = "too_many_attributes"
+                elif storage and _unstorable(sp):
+                    reason = "timestamp_out_of_range"
                 else:
+                    if storage and (sp.end_time_unix_nano < sp.start_time_unix_nano or sp.events):
+                        _clamp_for_storage(sp, clamped)
                     continue
                 bad.append(i)
                 reasons[reason] = reasons.get(reason, 0) + 1
@@ -94,6 +110,34 @@ def sanitize(req: ExportTraceServiceRequest, max_attributes_per_span: int) -> Sa
         ]
         res.message = f"{res.rejected} span(s) rejected: " + "; ".join(parts)
     return res
+
+
+def _unstorable(sp: Any) -> bool:
+    """Times storage cannot hold: rejected (a span ending in 2276 is a clock bug, not data)."""
+    return sp.start_time_unix_nano > MAX_STORABLE_NS or sp.end_time_unix_nano > MAX_STORABLE_NS
+
+
+def _clamp_for_storage(sp: Any, clamped: dict[str, int]) -> None:
+    """Fix in place what storage would misread, and flag the span (`tracepipe.clamped`):
+    an end before the start becomes the start (duration 0: an unset end is common in
+    hand-rolled exporters); an event time past the storable range becomes the span's end."""
+    what: list[str] = []
+    if sp.end_time_unix_nano < sp.start_time_unix_nano:
+        sp.end_time_unix_nano = sp.start_time_unix_nano
+        what.append("end_before_start")
+    moved = False
+    for ev in sp.events:
+        if ev.time_unix_nano > MAX_STORABLE_NS:
+            ev.time_unix_nano = sp.end_time_unix_nano
+            moved = True
+    if moved:
+        what.append("event_time_out_of_range")
+    if what:
+        for reason in what:
+            clamped[reason] = clamped.get(reason, 0) + 1
+        kv = sp.attributes.add()
+        kv.key = CLAMPED_ATTRIBUTE
+        kv.value.string_value = ",".join(what)
 
 
 def _remove(spans: Any, bad: list[int]) -> None:

@@ -8,7 +8,8 @@ Telemetry (labelled by receiver id): `receiver_accepted_spans{receiver}`,
 `receiver_refused_spans{receiver,reason}` (reasons: invalid, too_many_spans, too_large,
 queue_full, closed, transport_unavailable, transport_error), and `dropped_spans{reason}`
 for spans rejected as invalid (reasons: invalid_trace_id, invalid_span_id,
-invalid_parent_span_id, too_many_attributes). Requests are counted by each receiver in
+invalid_parent_span_id, too_many_attributes, timestamp_out_of_range), and
+`receiver_clamped_spans{receiver,reason}` for spans accepted after clamping. Requests are counted by each receiver in
 `receiver_requests{receiver,code}` since the code is protocol specific.
 """
 
@@ -86,7 +87,9 @@ class ExportHandler:
                 ExportTraceServiceResponse(),
                 f"request has {total} spans, more than max_spans_per_request ({cfg.max_spans_per_request})",
             )
-        checked = sanitize(req, cfg.max_attributes_per_span)
+        checked = sanitize(req, cfg.max_attributes_per_span, storage_checks=cfg.storage_checks)
+        for reason, n in checked.clamped.items():
+            self.telemetry.receiver_clamped_spans.labels(self.receiver_id, reason).inc(n)
         resp = ExportTraceServiceResponse()
         if checked.rejected:
             resp.partial_success.rejected_spans = checked.rejected
