@@ -133,6 +133,14 @@ class OtlpReceiverConfig(ComponentConfig):
     max_attributes_per_span: int = Field(
         1_000, gt=0, description="Spans with more attributes are rejected (partial success)."
     )
+    max_attribute_value_length: int = Field(
+        1_048_576,
+        gt=0,
+        description="Longer string (characters) or bytes attribute values are truncated; the span is flagged.",
+    )
+    max_span_name_length: int = Field(
+        1_024, gt=0, description="Longer span and event names are truncated; the span is flagged."
+    )
 
 
 RECEIVER_TYPES: dict[str, type[ComponentConfig]] = {"otlp": OtlpReceiverConfig}
