@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from pipeline.config import OtlpReceiverConfig
 from pipeline.logs import truncate_for_log
+from pipeline.memory import note_request
 from pipeline.otlp.limits import enforce_value_limits
 from pipeline.otlp.validate import count_spans, sanitize
 from pipeline.telemetry import Telemetry
@@ -97,6 +98,8 @@ class ExportHandler:
     async def export(self, req: ExportTraceServiceRequest, size: int | None = None) -> ExportResult:
         """`size`: the request's size in bytes when the receiver knows it (else computed)."""
         cfg = self.cfg
+        if size is not None:
+            note_request(size)  # a large request schedules a malloc_trim (pipeline/memory.py)
         total = count_spans(req)
         if total > cfg.max_spans_per_request:
             self.refuse("too_many_spans", total)
