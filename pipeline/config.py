@@ -138,6 +138,14 @@ class OtlpReceiverConfig(ComponentConfig):
         description="Reject spans whose times ClickHouse cannot store (past 2262-04-11) and clamp fixable ones "
         "(end before start, event times out of range). Off only to exercise the dead-letter path.",
     )
+    max_attribute_value_length: int = Field(
+        1_048_576,
+        gt=0,
+        description="Longer string (characters) or bytes attribute values are truncated; the span is flagged.",
+    )
+    max_span_name_length: int = Field(
+        1_024, gt=0, description="Longer span and event names are truncated; the span is flagged."
+    )
 
 
 RECEIVER_TYPES: dict[str, type[ComponentConfig]] = {"otlp": OtlpReceiverConfig}

@@ -12,7 +12,21 @@ import sys
 import time
 from typing import Any
 
+LOG_VALUE_MAX_CHARS = 200
+
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def truncate_for_log(value: object, limit: int = LOG_VALUE_MAX_CHARS) -> str:
+    """`repr(value)` cut to `limit` characters, with how much was cut: for the few log lines
+    that must name a client-supplied value (a model name, a component id). Only the first
+    `limit` characters of a string are ever copied, so a 15 MiB value costs nothing."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        return f"{value[:limit]!r}...(+{len(value) - limit} chars)"
+    text = repr(value)
+    if len(text) > limit:
+        return f"{text[:limit]}...(+{len(text) - limit} chars)"
+    return text
 
 
 class JsonFormatter(logging.Formatter):

@@ -24,7 +24,10 @@ INTERNAL_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class LabelGuard:
-    """Caps the number of distinct values a label may take; the rest become "other"."""
+    """Caps the number of distinct values a label may take, and their length (a longer value
+    is no model or service name); the rest become "other"."""
+
+    max_value_chars = 256
 
     def __init__(self, limit: int = 200) -> None:
         self.limit = limit
@@ -34,6 +37,8 @@ class LabelGuard:
     def __call__(self, label: str, value: str | None) -> str:
         if not value:
             return "unknown"
+        if len(value) > self.max_value_chars:
+            return "other"
         seen = self._seen.get(label)
         if seen is not None and value in seen:
             return value
@@ -75,6 +80,11 @@ class Telemetry:
         self.receiver_requests = Counter(
             "receiver_requests", "Export requests answered, by outcome code (ok, partial, or the error).",
             ["receiver", "code"], namespace=ns, registry=r,
+        )
+        self.receiver_truncated_values = Counter(
+            "receiver_truncated_values",
+            "Values a receiver truncated to its limits (field: attribute_value, name).",
+            ["receiver", "field"], namespace=ns, registry=r,
         )
         # --- transport -------------------------------------------------------------
         self.queue_size = Gauge(

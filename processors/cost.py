@@ -53,6 +53,7 @@ from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, Us
 from pydantic import Field, model_validator
 
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
+from pipeline.logs import truncate_for_log
 from pipeline.spans import Attributes, SpanBatch, attr_float
 from processors.normalize import (
     CACHE_CREATION_TOKENS,
@@ -99,6 +100,9 @@ GENAI_PRICES_PROVIDERS: dict[str, str] = {
 
 _MTOK = 1_000_000
 _CACHE_LIMIT = 20_000
+# No real model id is this long; a longer one is not looked up (genai-prices matches it
+# against every model, which took 3 s for a 15 MiB name), cached or logged: it stays unpriced.
+MAX_MODEL_NAME_CHARS = 256
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -401,12 +405,20 @@ class CostProcessor(BaseProcessor):
                 continue
             provider = a.get(PROVIDER)
             model_s = model if isinstance(model, str) else ("" if model is None else str(model))
+            if len(model_s) > MAX_MODEL_NAME_CHARS:
+                model_s = ""  # unpriced as an unknown model: never looked up, cached or logged
             pkey = (provider if isinstance(provider, str) else None, model_s)
             pricing = pricing_cache.get(pkey, _MISSING)
             if pricing is _MISSING:
                 pricing = self._resolve_safely(pkey[0], model_s)
-                if pricing is None and model_s and a.get(REQUEST_MODEL) not in (None, model_s):
-                    pricing = self._resolve_safely(pkey[0], str(a[REQUEST_MODEL]))
+                request_model = a.get(REQUEST_MODEL)
+                if (
+                    pricing is None
+                    and model_s
+                    and request_model not in (None, model_s)
+                    and len(str(request_model)) <= MAX_MODEL_NAME_CHARS
+                ):
+                    pricing = self._resolve_safely(pkey[0], str(request_model))
                 if len(pricing_cache) >= self.config.cache_size:
                     pricing_cache.clear()
                 pricing_cache[pkey] = pricing
@@ -442,7 +454,10 @@ class CostProcessor(BaseProcessor):
             return self._resolve(provider, model)
         except Exception as exc:  # a price entry genai-prices cannot evaluate: unpriced, not a lost batch
             self.ctx.logger.warning(
-                "%s: cannot evaluate the price of model %r (%s)", self.component_id, model, type(exc).__name__
+                "%s: cannot evaluate the price of model %s (%s)",
+                self.component_id,
+                truncate_for_log(model),
+                type(exc).__name__,
             )
             return None
 
@@ -502,9 +517,9 @@ class CostProcessor(BaseProcessor):
             if model not in self._logged_unpriced and len(self._logged_unpriced) < self.config.cache_size:
                 self._logged_unpriced.add(model)
                 self.ctx.logger.warning(
-                    "%s: no price for model %r; its spans are flagged %s (add an override to price it)",
+                    "%s: no price for model %s; its spans are flagged %s (add an override to price it)",
                     self.component_id,
-                    model,
+                    truncate_for_log(model),
                     COST_UNPRICED,
                 )
 

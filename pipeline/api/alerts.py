@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline.api import CONTEXT_KEY, json_error
+from pipeline.api import CONTEXT_KEY, json_error, params
 
 MAX_LIMIT = 1000
 
@@ -18,15 +18,12 @@ async def list_alerts(request: web.Request) -> web.Response:
     store = request.app[CONTEXT_KEY].extras.get("alerts")
     if store is None:
         return json_error(404, "the alert path is not enabled in this process")
-    state = request.query.get("state", "active")
-    if state not in ("active", "all"):
-        return json_error(400, "state must be 'active' or 'all'")
     try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        return json_error(400, "limit must be an integer")
-    if not 1 <= limit <= MAX_LIMIT:
-        return json_error(400, f"limit must be between 1 and {MAX_LIMIT}")
+        state = params.choice(request.query, "state", ("active", "all"), "active")
+        limit = params.integer(request.query, "limit", 100, 1, MAX_LIMIT)
+    except ValueError as e:
+        return json_error(400, str(e))
+    assert limit is not None
     active = store.active()
     alerts = active[:limit] if state == "active" else store.recent(limit)
     return web.json_response({"state": state, "active_count": len(active), "alerts": alerts})

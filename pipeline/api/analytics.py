@@ -10,22 +10,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline.api import json_error
+from pipeline.api import json_error, params
 from pipeline.api.traces import queries_or_error, run_query
-from pipeline.query.traces import COST_DIMENSIONS, parse_since
+from pipeline.query.traces import COST_DIMENSIONS
 
 
 async def cost(request: web.Request) -> web.Response:
     q = request.query
-    unknown = sorted(set(q) - {"by", "since"})
-    if unknown:
-        return json_error(400, f"{unknown[0]}: unknown parameter (allowed: by, since)")
-    by = q.get("by", "model")
-    if by not in COST_DIMENSIONS:
-        return json_error(400, f"by: must be one of {', '.join(COST_DIMENSIONS)}")
-    since = q.get("since") or "24h"
     try:
-        parse_since(since)
+        params.check_known(q, {"by", "since"})
+        by = params.choice(q, "by", COST_DIMENSIONS, "model")
+        since = params.duration(q, "since", "24h")
     except ValueError as e:
         return json_error(400, str(e))
     queries, err = queries_or_error(request)

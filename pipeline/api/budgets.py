@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline.api import CONTEXT_KEY, json_error
+from pipeline.api import CONTEXT_KEY, json_error, params
 from pipeline.budgets.config import parse_scope, scope_name
 from pipeline.budgets.store import StoreUnavailable
 
@@ -39,8 +39,10 @@ async def show_budget(request: web.Request) -> web.Response:
         return json_error(404, "no budgets sink is configured")
     scope, id_ = request.match_info["scope"], request.match_info["id"]
     try:
+        if len(scope) > params.MAX_TEXT_CHARS or len(id_) > params.MAX_TEXT_CHARS:
+            raise params.ParamError(f"scope and id: at most {params.MAX_TEXT_CHARS} characters each")
         canonical = scope_name(parse_scope(scope))
-        statuses = await registry.status(scope, id_, tier=request.query.get("tier") or None)
+        statuses = await registry.status(scope, id_, tier=params.text(request.query, "tier"))
     except ValueError as e:
         return json_error(400, str(e))
     except StoreUnavailable as e:
@@ -61,13 +63,16 @@ async def check_budget(request: web.Request) -> web.Response:
     q = request.query
     scope = {k: v for k, v in q.items() if k not in ("tier", "estimated_usd", "estimated_tokens")}
     try:
+        for key in scope:
+            params.text(q, key)
+        tier = params.text(q, "tier")
         values = scope_values(scope)
-        estimated_usd = float(q.get("estimated_usd", 0) or 0)
-        estimated_tokens = int(q.get("estimated_tokens", 0) or 0)
+        estimated_usd = params.finite_float(q, "estimated_usd", 0.0, 0.0, 1e9)
+        estimated_tokens = params.integer(q, "estimated_tokens", 0, 0, 10**15)
     except (TypeError, ValueError) as e:
         return json_error(400, str(e).strip("'\""))
     try:
-        decision = await registry.check(values, q.get("tier") or None, estimated_usd, estimated_tokens)
+        decision = await registry.check(values, tier, estimated_usd or 0.0, estimated_tokens or 0)
     except StoreUnavailable as e:
         return json_error(503, f"budget store unavailable: {e}")
     return web.json_response(decision.to_json(), status=decision.status_code, headers=decision.headers())

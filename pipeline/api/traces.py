@@ -2,7 +2,7 @@
 
 List parameters: service, model, user, status (ok|error|unset), min_cost (USD), since
 (15m, 24h, 7d), limit (1..1000, default 20), cursor (the `next` of the previous page).
-Bad parameters answer 400 with a message naming the parameter; an unknown trace 404; a
+Bad parameters answer 400 with a message naming the parameter (pipeline/api/params.py); an unknown trace 404; a
 process without a query store 503.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from pipeline.api import CONTEXT_KEY, json_error
+from pipeline.api import CONTEXT_KEY, json_error, params
 from pipeline.query.store import StoreLockedError, StoreMissingError
-from pipeline.query.traces import MAX_LIMIT, TRACE_STATUSES, normalize_trace_id, parse_since
+from pipeline.query.traces import MAX_LIMIT, TRACE_STATUSES, normalize_trace_id
 
 log = logging.getLogger("tracepipe.api")
 
@@ -63,37 +63,20 @@ async def get_trace(request: web.Request) -> web.Response:
 
 def parse_list_params(q: Any) -> dict[str, Any]:
     """Validated keyword arguments for TraceQueries.list_traces; ValueError names the bad parameter."""
-    unknown = sorted(set(q) - _LIST_PARAMS)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(_LIST_PARAMS))})")
+    params.check_known(q, _LIST_PARAMS)
     kwargs: dict[str, Any] = {}
-    for key in ("service", "model", "user", "cursor"):
-        if q.get(key):
-            kwargs[key] = q[key]
-    if q.get("status"):
-        status = q["status"].lower()
-        if status not in TRACE_STATUSES:
-            raise ValueError(f"status: must be one of {', '.join(TRACE_STATUSES)}")
-        kwargs["status"] = status
-    if q.get("min_cost"):
-        try:
-            min_cost = float(q["min_cost"])
-        except ValueError:
-            raise ValueError("min_cost: must be a number (USD)") from None
-        if min_cost != min_cost or min_cost < 0:
-            raise ValueError("min_cost: must be a number >= 0")
-        kwargs["min_cost"] = min_cost
-    if q.get("since"):
-        parse_since(q["since"])
-        kwargs["since"] = q["since"]
-    if q.get("limit"):
-        try:
-            limit = int(q["limit"])
-        except ValueError:
-            raise ValueError("limit: must be an integer") from None
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ValueError(f"limit: must be between 1 and {MAX_LIMIT}")
-        kwargs["limit"] = limit
+    for key in ("service", "model", "user"):
+        value = params.text(q, key)
+        if value is not None:
+            kwargs[key] = value
+    values = {
+        "cursor": params.cursor(q),
+        "status": params.choice(q, "status", TRACE_STATUSES),
+        "min_cost": params.finite_float(q, "min_cost", None, 0.0, 1e12),
+        "since": params.duration(q, "since"),
+        "limit": params.integer(q, "limit", None, 1, MAX_LIMIT),
+    }
+    kwargs.update({k: v for k, v in values.items() if v is not None})
     return kwargs
 
 

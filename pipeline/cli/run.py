@@ -13,6 +13,7 @@ import click
 from pipeline.cli.options import config_options, endpoint_options, load_or_exit
 from pipeline.config import Config
 from pipeline.logs import setup_logging
+from pipeline.memory import tune_allocator
 
 
 @click.command()
@@ -37,6 +38,7 @@ def run(config_path: str | None, data_dir: str | None, otlp_grpc: str | None, ot
                    f"{cfg.transport.type!r}; run `tracepipe receiver` and `tracepipe worker` instead", err=True)
         sys.exit(2)
     setup_logging(log_level or cfg.service.log.level, log_format or cfg.service.log.format)
+    tune_allocator()  # large requests give their memory back (pipeline/memory.py)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run(cfg))
 

@@ -5,7 +5,9 @@ It is the proto3 JSON mapping with OTLP's exceptions: trace and span ids are hex
 names, 64-bit integers may be strings or numbers, and unknown fields are ignored.
 `parse_json_request` converts the hex ids to the base64 form `json_format.ParseDict`
 expects and lets protobuf do the rest; every failure becomes an `OtlpDecodeError` with a
-message that names the field (never a value).
+message that names the field (never a value). Bare NaN/Infinity tokens (not JSON) and
+integers of more than 4,300 digits are refused, and a request is accepted only if its
+protobuf form decodes again (pipeline/otlp/limits.py: one depth limit for both encodings).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
 from pipeline.otlp.errors import OtlpDecodeError
+from pipeline.otlp.limits import ensure_decodable
 
 __all__ = ["parse_json_request", "response_to_json"]
 
@@ -89,13 +92,32 @@ def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
     except UnicodeDecodeError as e:
         raise OtlpDecodeError(f"body is not valid UTF-8 (byte offset {e.start})") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constant)
+    except OtlpDecodeError:
+        raise
     except json.JSONDecodeError as e:
         raise OtlpDecodeError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise OtlpDecodeError("malformed JSON: nested too deeply") from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        if "digits" in str(e):
+            raise OtlpDecodeError("malformed JSON: a number has more than 4300 digits") from None
+        raise OtlpDecodeError("malformed JSON") from None
     if not isinstance(doc, dict):
         raise OtlpDecodeError("expected a JSON object with resourceSpans")
+    req = _parse_doc(doc)
+    ensure_decodable(req)  # one depth limit for both encodings: what upb reads back downstream
+    return req
+
+
+def _no_constant(name: str) -> float:
+    raise OtlpDecodeError(
+        f"malformed JSON: {name} is not a JSON value (OTLP/JSON writes doubles as the strings "
+        '"NaN", "Infinity", "-Infinity")'
+    )
+
+
+def _parse_doc(doc: dict[str, Any]) -> ExportTraceServiceRequest:
     try:
         return _fast_request(doc)
     except OtlpDecodeError:
@@ -106,8 +128,10 @@ def parse_json_request(body: bytes) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     try:
         json_format.ParseDict(doc, req, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError, RecursionError) as e:
+    except (json_format.ParseError, ValueError, TypeError, OverflowError, RecursionError) as e:
         raise OtlpDecodeError(f"invalid OTLP/JSON at {_describe(str(e))}") from None
+    except Exception as e:  # json_format raising anything else is still bad input, never a 500
+        raise OtlpDecodeError(f"invalid OTLP/JSON ({type(e).__name__})") from None
     return req
 
 

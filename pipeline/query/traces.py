@@ -59,10 +59,15 @@ MAX_TRACE_SPANS = 50_000
 
 def parse_since(text: str) -> int:
     """A look-back window like `15m`, `24h`, `7d` (also s, w) in nanoseconds; ValueError otherwise."""
-    m = _DURATION.match(str(text))
+    text = str(text)
+    m = _DURATION.match(text) if len(text) <= 32 else None
     if not m:
-        raise ValueError(f"since: {text!r} is not a duration like 15m, 24h or 7d (units s, m, h, d, w)")
-    ns = int(float(m.group(1)) * _UNIT_NS[m.group(2)])
+        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+        raise ValueError(f"since: {shown} is not a duration like 15m, 24h or 7d (units s, m, h, d, w)")
+    number = float(m.group(1))
+    if number * _UNIT_NS[m.group(2)] > _MAX_SINCE_NS:  # also inf, from hundreds of digits
+        raise ValueError(f"since: {text!r} is longer than 100 years")
+    ns = int(number * _UNIT_NS[m.group(2)])
     if ns <= 0:
         raise ValueError(f"since: {text!r} must be longer than zero")
     if ns > _MAX_SINCE_NS:

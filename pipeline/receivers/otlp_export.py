@@ -8,8 +8,10 @@ Telemetry (labelled by receiver id): `receiver_accepted_spans{receiver}`,
 `receiver_refused_spans{receiver,reason}` (reasons: invalid, too_many_spans, too_large,
 queue_full, closed, transport_unavailable, transport_error), and `dropped_spans{reason}`
 for spans rejected as invalid (reasons: invalid_trace_id, invalid_span_id,
-invalid_parent_span_id, too_many_attributes, timestamp_out_of_range), and
-`receiver_clamped_spans{receiver,reason}` for spans accepted after clamping. Requests are counted by each receiver in
+invalid_parent_span_id, too_many_attributes, timestamp_out_of_range),
+`receiver_clamped_spans{receiver,reason}` for spans accepted after clamping, and
+`receiver_truncated_values{receiver,field}` for values cut to the receiver's limits
+(pipeline/otlp/limits.py). Requests are counted by each receiver in
 `receiver_requests{receiver,code}` since the code is protocol specific.
 """
 
@@ -25,6 +27,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from pipeline.config import OtlpReceiverConfig
+from pipeline.logs import truncate_for_log
+from pipeline.memory import note_request
+from pipeline.otlp.limits import enforce_value_limits
 from pipeline.otlp.validate import count_spans, sanitize
 from pipeline.telemetry import Telemetry
 from pipeline.transport import Offer, RequestTransport
@@ -73,12 +78,30 @@ class ExportHandler:
         self.log = logger
         self._accepted = telemetry.receiver_accepted_spans.labels(receiver_id)
 
+    def _truncate(self, req: ExportTraceServiceRequest, size: int) -> None:
+        cfg = self.cfg
+        cut = enforce_value_limits(req, cfg.max_attribute_value_length, cfg.max_span_name_length, size)
+        if cut.any:
+            t = self.telemetry.receiver_truncated_values
+            if cut.attribute_values:
+                t.labels(self.receiver_id, "attribute_value").inc(cut.attribute_values)
+            if cut.names:
+                t.labels(self.receiver_id, "name").inc(cut.names)
+            self.log.debug(
+                "receiver %s: truncated %d value(s) and %d name(s) in %d span(s): %s",
+                self.receiver_id, cut.attribute_values, cut.names, cut.spans,
+                truncate_for_log(cut.flagged_keys),
+            )
+
     def refuse(self, reason: str, spans: int) -> None:
         if spans > 0:
             self.telemetry.receiver_refused_spans.labels(self.receiver_id, reason).inc(spans)
 
-    async def export(self, req: ExportTraceServiceRequest) -> ExportResult:
+    async def export(self, req: ExportTraceServiceRequest, size: int | None = None) -> ExportResult:
+        """`size`: the request's size in bytes when the receiver knows it (else computed)."""
         cfg = self.cfg
+        if size is not None:
+            note_request(size)  # a large request schedules a malloc_trim (pipeline/memory.py)
         total = count_spans(req)
         if total > cfg.max_spans_per_request:
             self.refuse("too_many_spans", total)
@@ -100,6 +123,7 @@ class ExportHandler:
             self.log.debug("receiver %s: %s", self.receiver_id, checked.message)
         if checked.accepted == 0:
             return ExportResult(Outcome.ACCEPTED, resp)
+        self._truncate(req, req.ByteSize() if size is None else size)
         n = checked.accepted
         try:
             offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout)

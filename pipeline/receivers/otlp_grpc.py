@@ -7,11 +7,11 @@ Answers, per the OTLP spec (protocol/exporter "Failures"):
   is retryable for OTLP clients exactly when the server sends RetryInfo;
 - UNAVAILABLE + RetryInfo while shutting down or when the transport (Kafka) is down;
 - INVALID_ARGUMENT, not retryable, for malformed protobuf (including invalid UTF-8 in
-  string fields), more spans than max_spans_per_request, or a request larger than the
-  whole queue. RESOURCE_EXHAUSTED without RetryInfo would also be non-retryable by the
-  spec, but the OTel SDK exporters (Python's among them) retry RESOURCE_EXHAUSTED
-  regardless, so a request that can never fit would be resent until its deadline;
-  INVALID_ARGUMENT is non-retryable for every client.
+  string fields, and attribute values nested deeper than upb decodes again), more spans
+  than max_spans_per_request, or a request larger than the whole queue. RESOURCE_EXHAUSTED
+  without RetryInfo would also be non-retryable by the spec, but the OTel SDK exporters
+  (Python's among them) retry RESOURCE_EXHAUSTED regardless, so a request that can never
+  fit would be resent until its deadline; INVALID_ARGUMENT is non-retryable for every client.
 RetryInfo goes both into the standard rich status (`grpc-status-details-bin`, a
 google.rpc.Status, read by the Go collector's exporter) and as `google.rpc.retryinfo-bin`
 trailing metadata, which the Python SDK exporter reads.
@@ -31,7 +31,6 @@ import logging
 
 import grpc
 from google.protobuf import duration_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -40,6 +39,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceServicer
 
 from pipeline.config import OtlpReceiverConfig
+from pipeline.otlp.errors import OtlpDecodeError
+from pipeline.otlp.limits import decode_protobuf
 from pipeline.receivers.otlp_export import ExportHandler, Outcome
 from pipeline.telemetry import Telemetry
 from pipeline.transport import RequestTransport
@@ -127,18 +128,17 @@ class OtlpGrpcReceiver(TraceServiceServicer):
 
     async def _export_bytes(self, data: bytes, context: grpc.aio.ServicerContext) -> ExportTraceServiceResponse:
         try:
-            request = ExportTraceServiceRequest.FromString(data)
-        except (DecodeError, UnicodeDecodeError) as e:
+            request = decode_protobuf(data)
+        except OtlpDecodeError as e:
             self._count("invalid_argument")
-            message = f"malformed OTLP protobuf: {e}"
             code = grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, message, _status_metadata(code, message, None))
-        return await self.Export(request, context)
+            await context.abort(code, e.message, _status_metadata(code, e.message, None))
+        return await self.Export(request, context, len(data))
 
     async def Export(
-        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext
+        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext, size: int | None = None
     ) -> ExportTraceServiceResponse:
-        result = await self.handler.export(request)
+        result = await self.handler.export(request, size)
         if result.outcome is Outcome.ACCEPTED:
             self._count("partial" if result.partial else "ok")
             return result.response
