@@ -70,6 +70,10 @@ class Telemetry:
             "receiver_requests", "Export requests answered, by outcome code (ok, partial, or the error).",
             ["receiver", "code"], namespace=ns, registry=r,
         )
+        self.auth_failures = Counter(
+            "auth_failures", "Requests refused by auth (reason: missing, malformed, invalid, forbidden).",
+            ["listener", "reason"], namespace=ns, registry=r,
+        )
         # --- transport -------------------------------------------------------------
         self.queue_size = Gauge(
             "queue_size", "Spans waiting in or in flight from the transport queue.",

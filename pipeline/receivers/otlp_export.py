@@ -23,6 +23,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from pipeline.auth.principal import ANONYMOUS, Principal
+from pipeline.auth.tenant import stamp_tenant
 from pipeline.config import OtlpReceiverConfig
 from pipeline.otlp.validate import count_spans, sanitize
 from pipeline.telemetry import Telemetry
@@ -76,7 +78,9 @@ class ExportHandler:
         if spans > 0:
             self.telemetry.receiver_refused_spans.labels(self.receiver_id, reason).inc(spans)
 
-    async def export(self, req: ExportTraceServiceRequest) -> ExportResult:
+    async def export(self, req: ExportTraceServiceRequest, principal: Principal = ANONYMOUS) -> ExportResult:
+        """`principal` is the authenticated caller; with auth on (not ANONYMOUS) its tenant is
+        stamped on the request (pipeline/auth/tenant.py) before the transport sees it."""
         cfg = self.cfg
         total = count_spans(req)
         if total > cfg.max_spans_per_request:
@@ -98,6 +102,8 @@ class ExportHandler:
         if checked.accepted == 0:
             return ExportResult(Outcome.ACCEPTED, resp)
         n = checked.accepted
+        if principal is not ANONYMOUS:
+            stamp_tenant(req, principal.tenant)
         try:
             offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout)
         except Exception:
