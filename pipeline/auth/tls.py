@@ -66,6 +66,11 @@ class _FileWatch:
             self._stamp = stamp
             return True
 
+    def retry(self) -> None:
+        """The changed files could not be loaded: look again at the next check."""
+        with self._lock:
+            self._stamp = ()
+
 
 def _files(tls: TlsConfig) -> list[str]:
     return [tls.cert_file, tls.key_file] + ([tls.client_ca_file] if tls.client_ca_file else [])
@@ -100,6 +105,7 @@ class ReloadingSSLContext(ssl.SSLContext):
             self._current = build_ssl_context(self._tls)
         except (OSError, ssl.SSLError, ValueError) as e:
             log.warning("TLS: could not load the changed certificate files (%s); keeping the previous ones", e)
+            self._watch.retry()
             return False
         log.info("TLS: loaded the changed certificate %s", self._tls.cert_file)
         return True
@@ -132,6 +138,7 @@ def grpc_server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
             config = _grpc_certificate_configuration(tls)
         except (OSError, ssl.SSLError, ValueError) as e:
             log.warning("TLS (gRPC): could not load the changed certificate files (%s); keeping the previous ones", e)
+            watch.retry()
             return None
         log.info("TLS (gRPC): loaded the changed certificate %s", tls.cert_file)
         return config

@@ -139,7 +139,8 @@ class OtlpHttpReceiver:
         sockets = getattr(site._server, "sockets", None) or []
         self._port = sockets[0].getsockname()[1] if sockets else port
         self._runner = runner
-        self.log.info("OTLP/HTTP receiver %s listening on %s (port %d)", self.receiver_id, endpoint, self._port)
+        self.log.info("OTLP/HTTP receiver %s listening on %s (port %d%s%s)", self.receiver_id, endpoint, self._port,
+                      ", TLS" if tls else "", ", auth" if self.auth.enabled else "")
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._runner is not None:
