@@ -104,10 +104,12 @@ def result_of(run: subprocess.CompletedProcess[str]) -> tuple[str, str]:
     return re.search(r"result=(\w+)", run.stdout).group(1), trace_id
 
 
-def api_get(base: str, path: str, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
+def api_get(base: str, path: str, token: str | None = None, ca: Path | None = None
+            ) -> tuple[int, Any, dict[str, str]]:
     req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30, context=context) as r:
             body = r.read()
             return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json"
                               else body.decode()), dict(r.headers)
@@ -118,7 +120,7 @@ def api_get(base: str, path: str, token: str | None = None) -> tuple[int, Any, d
 def wait_trace(p: PipelineProcess, trace_id: str, token: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, body, _ = api_get(p.api, f"/api/traces/{trace_id}", token)
+        status, body, _ = api_get(p.api, f"/api/traces/{trace_id}", token, p.api_ca)
         if status == 200:
             return body
         assert status == 404, (status, body)
@@ -259,8 +261,11 @@ def mutual(tmp_path_factory):
     server = ca.issue("server")
     client = ca.issue("client", server=False)
     ingest, ingest_lines = create_token(TENANT, "ingest,read", "app")
-    cfg = write_config(tmp / "tracepipe.yaml", [ingest_lines], receivers_tls=tls_block(ca, server, client_ca=True))
-    p = start_pipeline(tmp / "data", "-c", str(cfg), ready_timeout=90)
+    api_server = ca.issue("api")
+    cfg = write_config(tmp / "tracepipe.yaml", [ingest_lines], receivers_tls=tls_block(ca, server, client_ca=True),
+                       api_extra=tls_block(ca, api_server, client_ca=False, indent="    "),
+                       metrics_extra=tls_block(ca, api_server, client_ca=False, indent="    ") + "\n    auth: true")
+    p = start_pipeline(tmp / "data", "-c", str(cfg), ready_timeout=90, api_ca=ca.cert_file)
     try:
         yield {"p": p, "ca": ca, "server": server, "client": client, "token": ingest}
     finally:
@@ -292,6 +297,19 @@ def test_a_certificate_replaced_on_disk_is_served_without_restart(mutual):
                                              ca.cert_file, client))
     assert outcome == "SUCCESS" and p.proc.pid == pid and p.proc.poll() is None
     assert spans_of(wait_trace(p, trace_id, mutual["token"]))
+
+
+def test_api_and_metrics_serve_tls_and_take_tokens(mutual):
+    p, ca = mutual["p"], mutual["ca"]
+    assert p.api.startswith("https://")
+    assert api_get(p.api, "/api/traces", None, ca.cert_file)[0] == 401
+    assert api_get(p.api, "/api/traces", mutual["token"], ca.cert_file)[0] == 200
+    metrics = f"https://127.0.0.1:{p.metrics_port}"
+    assert api_get(metrics, "/metrics", None, ca.cert_file)[0] == 401
+    status, text, _ = api_get(metrics, "/metrics", mutual["token"], ca.cert_file)
+    assert status == 200 and "tracepipe_receiver_requests_total" in text
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plain HTTP on a TLS port
+        api_get(f"http://127.0.0.1:{p.api_port}", "/healthz")
 
 
 # --- config rules -------------------------------------------------------------------------
