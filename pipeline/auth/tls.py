@@ -150,6 +150,14 @@ def grpc_server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 
 def check_files(tls: TlsConfig, path: str, errors: list[str]) -> None:
     """Config-load check: the files exist and form a usable context."""
+    missing = False
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        value = getattr(tls, name)
+        if value and not os.path.isfile(value):
+            errors.append(f"{path}.{name}: file not found: {value}")
+            missing = True
+    if missing:
+        return
     try:
         build_ssl_context(tls)
     except FileNotFoundError as e:
