@@ -42,7 +42,9 @@ class TokenEntry(ComponentConfig):
 
 class AuthConfig(ComponentConfig):
     tokens: list[TokenEntry] = Field(default_factory=list, description="Accepted tokens.")
-    tokens_file: str | None = Field(None, description="YAML file with more `tokens:` entries (read at start).")
+    tokens_file: str | None = Field(
+        None, description="YAML file with more `tokens:` entries (read at start); empty means none."
+    )
     allow_unauthenticated: bool = Field(
         False, description="Allow every listener to bind a non-loopback address without auth."
     )
@@ -56,7 +58,7 @@ class _TokensFile(BaseModel):
 def load_tokens(cfg: AuthConfig, errors: list[str], path: str = "auth") -> list[TokenEntry]:
     """Every token of `cfg`, the file's included; problems go to `errors` with their YAML path."""
     out = list(cfg.tokens)
-    if cfg.tokens_file:
+    if cfg.tokens_file and cfg.tokens_file.strip():
         where = f"{path}.tokens_file"
         try:
             data: Any = yaml.safe_load(Path(cfg.tokens_file).read_text(encoding="utf-8"))
