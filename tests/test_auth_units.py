@@ -84,6 +84,20 @@ def test_stamp_replaces_the_resource_tenant_and_removes_span_level_claims():
     assert req.resource_spans[0].resource.attributes[0].key == "service.name"
 
 
+def test_stamp_with_wire_bytes_skips_the_span_scan_only_when_no_span_can_claim():
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    span = rs.scope_spans.add().spans.add()
+    _kv(span.attributes, "tenant.id", "intruder")
+    stamp_tenant(req, "acme", req.SerializeToString())  # the bytes contain the key: scanned
+    assert len(span.attributes) == 0
+    clean = ExportTraceServiceRequest()
+    _kv(clean.resource_spans.add().scope_spans.add().spans.add().attributes, "user.id", "u")
+    stamp_tenant(clean, "acme", clean.SerializeToString())
+    assert clean.resource_spans[0].resource.attributes[0].value.string_value == "acme"
+    assert [kv.key for kv in clean.resource_spans[0].scope_spans[0].spans[0].attributes] == ["user.id"]
+
+
 def test_tokens_from_a_file_join_the_inline_ones(tmp_path: Path):
     inline, filed = new_token(), new_token()
     f = tmp_path / "tokens.yaml"

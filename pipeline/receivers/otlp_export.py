@@ -78,9 +78,11 @@ class ExportHandler:
         if spans > 0:
             self.telemetry.receiver_refused_spans.labels(self.receiver_id, reason).inc(spans)
 
-    async def export(self, req: ExportTraceServiceRequest, principal: Principal = ANONYMOUS) -> ExportResult:
+    async def export(self, req: ExportTraceServiceRequest, principal: Principal = ANONYMOUS,
+                     wire: bytes | None = None) -> ExportResult:
         """`principal` is the authenticated caller; with auth on (not ANONYMOUS) its tenant is
-        stamped on the request (pipeline/auth/tenant.py) before the transport sees it."""
+        stamped on the request (pipeline/auth/tenant.py) before the transport sees it.
+        `wire`: the protobuf bytes `req` was parsed from, if any (lets stamping skip work)."""
         cfg = self.cfg
         total = count_spans(req)
         if total > cfg.max_spans_per_request:
@@ -103,7 +105,7 @@ class ExportHandler:
             return ExportResult(Outcome.ACCEPTED, resp)
         n = checked.accepted
         if principal is not ANONYMOUS:
-            stamp_tenant(req, principal.tenant)
+            stamp_tenant(req, principal.tenant, wire)
         try:
             offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout)
         except Exception:

@@ -171,13 +171,13 @@ class OtlpGrpcReceiver(TraceServiceServicer):
             message = f"malformed OTLP protobuf: {e}"
             code = grpc.StatusCode.INVALID_ARGUMENT
             await context.abort(code, message, _status_metadata(code, message, None))
-        return await self.Export(request, context, principal)
+        return await self.Export(request, context, principal, data)
 
     async def Export(
         self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext,
-        principal: Principal = ANONYMOUS,
+        principal: Principal = ANONYMOUS, wire: bytes | None = None,
     ) -> ExportTraceServiceResponse:
-        result = await self.handler.export(request, principal)
+        result = await self.handler.export(request, principal, wire)
         if result.outcome is Outcome.ACCEPTED:
             self._count("partial" if result.partial else "ok")
             return result.response
