@@ -21,7 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.alerts.config import AlertsConfig
+from pipeline.auth.config import AuthConfig, TokenEntry
 from pipeline.component import ComponentConfig, Factory, split_component_id
+from pipeline.server_config import ServerConfig
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
 DEFAULT_DATA_DIR = "./tracepipe-data"
@@ -106,14 +108,14 @@ def substitute_env(value: Any, env: Mapping[str, str], path: str = "", errors: l
 # --- receivers, transport, service -------------------------------------------------
 
 
-class OtlpGrpcConfig(ComponentConfig):
+class OtlpGrpcConfig(ServerConfig):
     endpoint: str = Field("127.0.0.1:4317", description="HOST:PORT to listen on for OTLP/gRPC.")
     max_recv_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="Largest request accepted.")
 
     _v = field_validator("endpoint")(_check_endpoint)
 
 
-class OtlpHttpConfig(ComponentConfig):
+class OtlpHttpConfig(ServerConfig):
     endpoint: str = Field("127.0.0.1:4318", description="HOST:PORT to listen on for OTLP/HTTP.")
     max_body_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Largest body accepted, after gzip decompression."
@@ -148,7 +150,7 @@ class OtlpReceiverConfig(ComponentConfig):
     )
 
 
-RECEIVER_TYPES: dict[str, type[ComponentConfig]] = {"otlp": OtlpReceiverConfig}
+RECEIVER_TYPES: dict[str, type[ComponentConfig]] = {"otlp": OtlpReceiverConfig}  # = RECEIVER_FACTORIES' models
 
 
 class WalConfig(ComponentConfig):
@@ -254,10 +256,14 @@ class RetryConfig(ComponentConfig):
     )
 
 
-class EndpointConfig(ComponentConfig):
+class EndpointConfig(ServerConfig):
     endpoint: str | None = Field(None, description="HOST:PORT, or null to disable.")
 
     _v = field_validator("endpoint")(lambda v: v if v is None else _check_endpoint(v))
+
+
+class MetricsEndpointConfig(EndpointConfig):
+    auth: bool | None = Field(False, description="Require a bearer token (read scope) to scrape /metrics.")
 
 
 class LogConfig(ComponentConfig):
@@ -280,7 +286,7 @@ class ServiceConfig(ComponentConfig):
     batch: BatchConfig = Field(default_factory=BatchConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     api: EndpointConfig = Field(default_factory=lambda: EndpointConfig(endpoint="127.0.0.1:8081"))
-    metrics: EndpointConfig = Field(default_factory=lambda: EndpointConfig(endpoint="127.0.0.1:9464"))
+    metrics: MetricsEndpointConfig = Field(default_factory=lambda: MetricsEndpointConfig(endpoint="127.0.0.1:9464"))
     query_sink: str | None = Field(None, description="ClickHouse sink id the query API reads; default the first.")
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain queued spans on shutdown.")
@@ -295,6 +301,7 @@ class RawConfig(BaseModel):
     sinks: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     transport: TransportConfig = Field(default_factory=TransportConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    auth: AuthConfig | None = Field(None, description="Bearer tokens; absent: listeners run without auth.")
     service: ServiceConfig
 
 
@@ -316,6 +323,8 @@ class Config:
     service: ServiceConfig
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source: str = "<embedded default>"
+    auth: AuthConfig | None = None
+    tokens: list[TokenEntry] = field(default_factory=list)  # auth.tokens plus auth.tokens_file
 
     @property
     def data_dir(self) -> Path:
@@ -346,9 +355,10 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
     if ov.data_dir is not None:
         service["data_dir"] = ov.data_dir
     if ov.api is not None:
-        service["api"] = {"endpoint": None if ov.api in ("", "off", "none") else ov.api}
+        service["api"] = {**(service.get("api") or {}), "endpoint": None if ov.api in ("", "off", "none") else ov.api}
     if ov.metrics is not None:
-        service["metrics"] = {"endpoint": None if ov.metrics in ("", "off", "none") else ov.metrics}
+        service["metrics"] = {**(service.get("metrics") or {}),
+                              "endpoint": None if ov.metrics in ("", "off", "none") else ov.metrics}
     for flag, key in ((ov.otlp_grpc, "grpc"), (ov.otlp_http, "http")):
         if flag is None:
             continue
@@ -403,9 +413,13 @@ def build_config(
     overrides: Overrides | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Config:
+    from pipeline.auth.config import load_tokens
+    from pipeline.auth.listeners import check_listeners
+    from pipeline.receivers import RECEIVER_FACTORIES
     from processors import PROCESSOR_FACTORIES
     from sinks import SINK_FACTORIES
 
+    receiver_models = {k: f.config_model for k, f in RECEIVER_FACTORIES.items()}
     errors: list[str] = []
     raw = substitute_env(raw, os.environ if env is None else env, errors=errors)
     if overrides is not None:
@@ -417,7 +431,7 @@ def build_config(
         # Still check the components themselves, so one run reports every error.
         proc_models = {k: f.config_model for k, f in PROCESSOR_FACTORIES.items()}
         sink_models = {k: f.config_model for k, f in SINK_FACTORIES.items()}
-        for section, models in (("receivers", RECEIVER_TYPES), ("processors", proc_models), ("sinks", sink_models)):
+        for section, models in (("receivers", receiver_models), ("processors", proc_models), ("sinks", sink_models)):
             body = raw.get(section)
             if isinstance(body, dict) and not any(err.startswith(f"{section}.") for err in errors):
                 _build_components(section, {k: v if isinstance(v, dict) else None for k, v in body.items()},
@@ -439,7 +453,7 @@ def build_config(
             _check_pipeline_sources(pipes, errors)
         raise ConfigError(errors, source) from None
 
-    receivers = _build_components("receivers", top.receivers, RECEIVER_TYPES, errors)
+    receivers = _build_components("receivers", top.receivers, receiver_models, errors)
     processors = _build_components(
         "processors", top.processors, {k: f.config_model for k, f in PROCESSOR_FACTORIES.items()}, errors
     )
@@ -451,6 +465,8 @@ def build_config(
         spec = sinks.get(top.service.query_sink)
         if spec is None or spec.type != "clickhouse":
             errors.append(f"service.query_sink: {top.service.query_sink!r} is not a declared clickhouse sink")
+    tokens = load_tokens(top.auth, errors) if top.auth is not None else []
+    check_listeners(receivers, top.service, top.auth, errors)
     if errors:
         raise ConfigError(errors, source)
     return Config(
@@ -461,6 +477,8 @@ def build_config(
         service=top.service,
         alerts=top.alerts,
         source=source,
+        auth=top.auth,
+        tokens=tokens,
     )
 
 

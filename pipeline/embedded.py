@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.api import ApiContext
+from pipeline.auth.setup import listener_auth_factory
 from pipeline.builder import build_chain
 from pipeline.chain import Chain
 from pipeline.config import Config
@@ -49,25 +50,10 @@ class Endpoints:
 
 
 def build_receivers(config: Config, transport: Any, telemetry: Telemetry) -> list[Any]:
-    """The OTLP receivers the config declares, bound to `transport`."""
-    from pipeline.receivers.otlp_grpc import OtlpGrpcReceiver
-    from pipeline.receivers.otlp_http import OtlpHttpReceiver
+    """The receivers the config declares, bound to `transport` (through RECEIVER_FACTORIES)."""
+    from pipeline.receivers import build_receivers as build
 
-    wanted: set[str] = set()
-    for pipe in config.service.pipelines.values():
-        if pipe.source is None:
-            wanted.update(pipe.receivers or config.receivers.keys())
-    receivers: list[Any] = []
-    for rid, spec in config.receivers.items():
-        if rid not in wanted:
-            continue
-        cfg = spec.config
-        rlog = logging.getLogger(f"tracepipe.receiver.{rid}")
-        if getattr(cfg, "grpc", None) is not None:
-            receivers.append(OtlpGrpcReceiver(rid, cfg, transport, telemetry, rlog))
-        if getattr(cfg, "http", None) is not None:
-            receivers.append(OtlpHttpReceiver(rid, cfg, transport, telemetry, rlog))
-    return receivers
+    return build(config, transport, telemetry)
 
 
 class EmbeddedRuntime:
@@ -125,10 +111,9 @@ class EmbeddedRuntime:
         except BaseException:
             await self.stop()
             raise
-        for r in self.receivers:
-            kind = "otlp_grpc" if type(r).__name__.endswith("GrpcReceiver") else "otlp_http"
-            host = _host_of(getattr(r, "cfg", None), kind)
-            setattr(self.endpoints, kind, f"{host}:{r.port}")
+        from pipeline.receivers import record_endpoints
+
+        record_endpoints(self.receivers, self.endpoints)
         return self.endpoints
 
     async def _start_servers(self) -> None:
@@ -150,7 +135,8 @@ class EmbeddedRuntime:
             readiness=readiness,
             extras={**self.extras, **({"alerts": self.alerts.store} if self.alerts is not None else {})},
         )
-        for kind, where in (await start_service_servers(svc, api_ctx, self.telemetry, self.servers)).items():
+        for kind, where in (await start_service_servers(svc, api_ctx, self.telemetry, self.servers,
+            listener_auth_factory(self.config, self.telemetry))).items():
             setattr(self.endpoints, kind, where)
 
     def _worker_alive(self) -> tuple[bool, str]:
@@ -278,9 +264,3 @@ def build_wal(config: Config, telemetry: Telemetry) -> WriteAheadLog | None:
     return WriteAheadLog(directory, max_bytes=wcfg.max_bytes, segment_bytes=wcfg.segment_bytes,
                          fsync=wcfg.fsync, batch_interval=wcfg.batch_interval, telemetry=telemetry)
 
-
-def _host_of(cfg: Any, kind: str) -> str:
-    from pipeline.config import parse_endpoint
-
-    sub = getattr(cfg, "grpc" if kind == "otlp_grpc" else "http", None)
-    return parse_endpoint(sub.endpoint)[0] if sub is not None else "127.0.0.1"

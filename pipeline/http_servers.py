@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,9 +15,10 @@ from pipeline.telemetry import Telemetry
 class RunningServer:
     """An aiohttp app listening on one endpoint; `port` is the bound port (0 works)."""
 
-    def __init__(self, app: web.Application, endpoint: str) -> None:
+    def __init__(self, app: web.Application, endpoint: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.endpoint = endpoint
+        self.ssl_context = ssl_context
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self.port = 0
         self.host = ""
@@ -23,7 +26,7 @@ class RunningServer:
     async def start(self) -> None:
         host, port = parse_endpoint(self.endpoint)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=self.ssl_context)
         try:
             await site.start()
         except OSError as e:
@@ -51,19 +54,31 @@ def metrics_app(telemetry: Telemetry) -> web.Application:
 
 
 async def start_service_servers(service: ServiceConfig, api_ctx: Any, telemetry: Telemetry,
-                                servers: list[RunningServer]) -> dict[str, str]:
+                                servers: list[RunningServer],
+                                auth_for: Callable[[str, Any], Any] | None = None) -> dict[str, str]:
     """Start the query API and /metrics servers that `service` asks for (an endpoint may be
     off), appending each to `servers` as soon as it runs, so the caller's stop() stops what
-    did start; returns where they listen: {"api": "host:port", "metrics": "host:port"}."""
+    did start; returns where they listen: {"api": "host:port", "metrics": "host:port"}.
+    `auth_for(listener, server_config)` gives each its ListenerAuth (pipeline.auth.setup);
+    without it both run as ANONYMOUS. Each server's `tls` is served with reloading certificates."""
     from pipeline.api import build_app
+    from pipeline.auth.guard import ListenerAuth
+    from pipeline.auth.http import api_scope, auth_middleware, metrics_scope
 
     where: dict[str, str] = {}
-    for kind, endpoint, make in (("api", service.api.endpoint, lambda: build_app(api_ctx)),
-                                 ("metrics", service.metrics.endpoint, lambda: metrics_app(telemetry))):
-        if endpoint:
-            server = RunningServer(make(), endpoint)
+    for kind, cfg, make, scope in (("api", service.api, lambda: build_app(api_ctx), api_scope),
+                                   ("metrics", service.metrics, lambda: metrics_app(telemetry), metrics_scope)):
+        if cfg.endpoint:
+            app = make()
+            auth = auth_for(kind, cfg) if auth_for is not None else ListenerAuth(kind, None, telemetry)
+            app.middlewares.append(auth_middleware(auth, scope))
+            ssl_context = None
+            if cfg.tls is not None:
+                from pipeline.auth.tls import server_ssl_context
+
+                ssl_context = server_ssl_context(cfg.tls)
+            server = RunningServer(app, cfg.endpoint, ssl_context)
             await server.start()
             servers.append(server)
             where[kind] = f"{server.host}:{server.port}"
     return where
-

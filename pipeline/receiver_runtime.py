@@ -13,9 +13,11 @@ import logging
 from typing import Any
 
 from pipeline.api import ApiContext
+from pipeline.auth.setup import listener_auth_factory
 from pipeline.config import Config
-from pipeline.embedded import Endpoints, _host_of, build_receivers
+from pipeline.embedded import Endpoints
 from pipeline.http_servers import RunningServer, start_service_servers
+from pipeline.receivers import build_receivers, record_endpoints
 from pipeline.telemetry import Telemetry
 from pipeline.transport.kafka_common import ensure_topics
 from pipeline.transport.kafka_producer import KafkaRequestTransport
@@ -47,9 +49,7 @@ class ReceiverRuntime:
         except BaseException:
             await self.stop()
             raise
-        for r in self.receivers:
-            kind = "otlp_grpc" if type(r).__name__.endswith("GrpcReceiver") else "otlp_http"
-            setattr(self.endpoints, kind, f"{_host_of(getattr(r, 'cfg', None), kind)}:{r.port}")
+        record_endpoints(self.receivers, self.endpoints)
         return self.endpoints
 
     async def _start_servers(self) -> None:
@@ -59,7 +59,8 @@ class ReceiverRuntime:
             liveness={"receiver": lambda: (not self._stopping, "running" if not self._stopping else "stopping")},
             readiness={"kafka": self.transport.status},
         )
-        for kind, where in (await start_service_servers(svc, ctx, self.telemetry, self.servers)).items():
+        for kind, where in (await start_service_servers(svc, ctx, self.telemetry, self.servers,
+            listener_auth_factory(self.config, self.telemetry))).items():
             setattr(self.endpoints, kind, where)
 
     async def stop(self) -> None:

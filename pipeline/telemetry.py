@@ -86,6 +86,10 @@ class Telemetry:
             "Values a receiver truncated to its limits (field: attribute_value, name).",
             ["receiver", "field"], namespace=ns, registry=r,
         )
+        self.auth_failures = Counter(
+            "auth_failures", "Requests refused by auth (reason: missing, malformed, invalid, forbidden).",
+            ["listener", "reason"], namespace=ns, registry=r,
+        )
         # --- transport -------------------------------------------------------------
         self.queue_size = Gauge(
             "queue_size", "Spans waiting in or in flight from the transport queue.",

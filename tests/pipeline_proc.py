@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -29,10 +30,11 @@ class PipelineProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    api_ca: Path | None = None  # the API serves TLS: trust this CA
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.api_ca else 'http'}://127.0.0.1:{self.api_port}"
 
     @property
     def otlp_http(self) -> str:
@@ -43,8 +45,9 @@ class PipelineProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def get(self, path: str) -> tuple[int, Any]:
+        context = ssl.create_default_context(cafile=str(self.api_ca)) if self.api_ca else None
         try:
-            with urllib.request.urlopen(self.api + path, timeout=30) as r:
+            with urllib.request.urlopen(self.api + path, timeout=30, context=context) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
@@ -73,7 +76,8 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def start_pipeline(data_dir: Path, *extra: str, ready_timeout: float = 60) -> PipelineProcess:
+def start_pipeline(data_dir: Path, *extra: str, ready_timeout: float = 60,
+                   api_ca: Path | None = None) -> PipelineProcess:
     ports = [free_port() for _ in range(4)]
     log_path = data_dir.parent / f"{data_dir.name}.log"
     args = [sys.executable, "-m", "pipeline.cli", "run", "--data-dir", str(data_dir),
@@ -82,7 +86,7 @@ def start_pipeline(data_dir: Path, *extra: str, ready_timeout: float = 60) -> Pi
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    p = PipelineProcess(data_dir, *ports, proc=proc, log_path=log_path, extra_args=list(extra))
+    p = PipelineProcess(data_dir, *ports, proc=proc, log_path=log_path, extra_args=list(extra), api_ca=api_ca)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

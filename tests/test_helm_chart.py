@@ -79,6 +79,32 @@ def rendered_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return yaml.safe_load(cm["data"]["tracepipe.yaml"])
 
 
+@pytest.fixture(scope="module")
+def pod_files(tmp_path_factory) -> dict[str, Path]:
+    """Stand-ins for the Secrets the pods mount: a tokens file and a TLS certificate, key and CA."""
+    from tests.tls_certs import TestCA
+
+    root = tmp_path_factory.mktemp("pod")
+    ca = TestCA(root / "ca")
+    tls_dir = root / "tls"
+    tls_dir.mkdir()
+    ca.issue("tracepipe", cert_file=tls_dir / "tls.crt", key_file=tls_dir / "tls.key")
+    (tls_dir / "ca.crt").write_bytes(ca.cert_file.read_bytes())
+    auth_dir = root / "auth"
+    auth_dir.mkdir()
+    (auth_dir / "tokens.yaml").write_text(yaml.safe_dump({"tokens": [
+        {"sha256": "0" * 64, "id": "app", "tenant": "acme", "scopes": ["ingest"]}]}))
+    return {"/etc/tracepipe-auth": auth_dir, "/etc/tracepipe-tls": tls_dir}
+
+
+def localize(raw: dict[str, Any], pod_files: dict[str, Path]) -> dict[str, Any]:
+    """The rendered config with the pod's Secret mount paths pointing at the stand-in files."""
+    text = json.dumps(raw)
+    for mount, local in pod_files.items():
+        text = text.replace(mount + "/", f"{local}/")
+    return json.loads(text)
+
+
 def containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
     return [c for d in workloads for c in d["spec"]["template"]["spec"]["containers"]]
@@ -162,7 +188,8 @@ def test_default_is_distributed_receivers_and_workers_with_probes_limits_and_loc
         "tp-tracepipe-receiver",
         "tp-tracepipe-worker",
     }
-    assert by_kind(docs, "ServiceMonitor") == by_kind(docs, "PrometheusRule") == by_kind(docs, "NetworkPolicy") == []
+    assert by_kind(docs, "ServiceMonitor") == by_kind(docs, "PrometheusRule") == []
+    assert len(by_kind(docs, "NetworkPolicy")) == 2, "NetworkPolicy is on by default"
 
 
 def test_embedded_mode_is_one_statefulset_with_a_volume_claim(chart) -> None:
@@ -197,10 +224,11 @@ def test_keda_scaled_object_scales_workers_on_consumer_lag(chart) -> None:
 
 
 @pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
-def test_rendered_config_is_valid_for_tracepipe(chart, option_set: str) -> None:
+def test_rendered_config_is_valid_for_tracepipe(chart, option_set: str, pod_files) -> None:
     docs = render(chart, OPTION_SETS[option_set])
     raw = rendered_config(docs)
-    cfg = build_config(raw, source=f"chart:{option_set}", env=POD_ENV)
+    cfg = build_config(localize(raw, pod_files), source=f"chart:{option_set}", env=POD_ENV)
+    assert cfg.auth is not None and cfg.tokens, "auth is on in every documented option set"
     assert cfg.service.api.endpoint == "0.0.0.0:8081"
     assert cfg.service.metrics.endpoint == "0.0.0.0:9464"
     otlp = cfg.receivers["otlp"].config
@@ -211,10 +239,10 @@ def test_rendered_config_is_valid_for_tracepipe(chart, option_set: str) -> None:
         assert used <= {e["name"] for e in c["env"]}, (c["name"], used)
 
 
-def test_bad_component_config_in_values_fails_tracepipe_validation(chart) -> None:
+def test_bad_component_config_in_values_fails_tracepipe_validation(chart, pod_files) -> None:
     docs = render(chart, {"config": {"processors": {"cost": {"no_such_option": 1}}}})
     with pytest.raises(ConfigError, match=r"processors\.cost"):
-        build_config(rendered_config(docs), env=POD_ENV)
+        build_config(localize(rendered_config(docs), pod_files), env=POD_ENV)
 
 
 def test_credentials_come_from_existing_secrets_and_are_never_inlined(chart) -> None:
@@ -283,6 +311,8 @@ BAD_VALUES = [
         id="webhook-without-key",
     ),
     pytest.param({"tolerations": []}, "tolerations", id="unknown-top-level-key"),
+    pytest.param({"auth": {"tokens": [{"sha256": "0" * 64}]}}, "/auth", id="inline-tokens"),
+    pytest.param({"tls": {"minVersion": "1.1"}}, "/tls/minVersion", id="tls-version"),
 ]
 
 
@@ -358,7 +388,7 @@ def test_network_policy_limits_ingress_to_the_declared_peers(chart) -> None:
     assert {p["port"] for p in otlp_rule["ports"]} == {4317, 4318}
     assert otlp_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"tracepipe.io/send-telemetry": "true"}
     worker = policies["tp-tracepipe-worker"]["spec"]
-    assert [{p["port"] for p in r["ports"]} for r in worker["ingress"]] == [{8081, 9464}]
+    assert [{p["port"] for p in r["ports"]} for r in worker["ingress"]] == [{8081}, {9464}]
     assert recv["policyTypes"] == ["Ingress", "Egress"]
     assert {p["port"] for p in recv["egress"][0]["ports"]} == {53}
 
@@ -376,3 +406,68 @@ def test_default_image_is_the_repository_dockerfile_non_root_with_the_tracepipe_
     assert exposed == set(values["ports"].values())
     assert values["image"]["repository"] in (CHART / "README.md").read_text()
     assert "WORKDIR /var/lib/tracepipe" in dockerfile
+
+
+# --- auth, TLS, network policy ------------------------------------------------------------
+
+
+def test_auth_is_on_by_default_with_tokens_from_a_secret_the_chart_never_holds(chart) -> None:
+    for option_set in ("default", "embedded"):
+        docs = render(chart, OPTION_SETS[option_set])
+        assert by_kind(docs, "Secret") == []
+        cfg = rendered_config(docs)
+        assert cfg["auth"] == {"tokens_file": "/etc/tracepipe-auth/tokens.yaml"}
+        assert "sha256" not in json.dumps(docs)
+        for d in [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]:
+            pod = d["spec"]["template"]["spec"]
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            assert volumes["auth"]["secret"]["secretName"] == "tp-tracepipe-tokens"
+            (c,) = pod["containers"]
+            assert {"name": "auth", "mountPath": "/etc/tracepipe-auth", "readOnly": True} in c["volumeMounts"]
+    named = rendered_config(render(chart, {"auth": {"existingSecret": "mine", "tokensKey": "t.yaml"}}))
+    assert named["auth"]["tokens_file"] == "/etc/tracepipe-auth/t.yaml"
+
+
+def test_turning_auth_off_needs_an_explicit_allow_unauthenticated(chart, pod_files) -> None:
+    with pytest.raises(helm.HelmError, match="allowUnauthenticated"):
+        render(chart, {"auth": {"enabled": False}})
+    docs = render(chart, {"auth": {"enabled": False, "allowUnauthenticated": True}})
+    raw = rendered_config(docs)
+    assert "auth" not in raw
+    assert raw["receivers"]["otlp"]["grpc"]["allow_unauthenticated"] is True
+    assert raw["service"]["api"]["allow_unauthenticated"] is True
+    cfg = build_config(localize(raw, pod_files), env=POD_ENV)
+    assert cfg.auth is None
+
+
+def test_tls_values_put_certificates_from_the_secret_on_every_listener(chart, pod_files) -> None:
+    docs = render(chart, OPTION_SETS["distributed-tls"])
+    raw = rendered_config(docs)
+    otlp = raw["receivers"]["otlp"]
+    assert otlp["grpc"]["tls"]["client_ca_file"] == "/etc/tracepipe-tls/ca.crt"
+    assert otlp["grpc"]["tls"]["min_version"] == "1.2"  # gRPC cannot refuse TLS 1.2
+    assert otlp["http"]["tls"]["min_version"] == "1.3" and otlp["http"]["tls"]["reload_interval"] == 300
+    assert "client_ca_file" not in raw["service"]["api"]["tls"]
+    assert raw["service"]["metrics"]["auth"] is True and "tls" in raw["service"]["metrics"]
+    cfg = build_config(localize(raw, pod_files), env=POD_ENV)
+    assert cfg.receivers["otlp"].config.http.tls.client_ca_file.endswith("/tls/ca.crt")
+    receiver = one(docs, "Deployment", "tp-tracepipe-receiver")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in receiver["volumes"]}["tls"]["secret"]["secretName"] == "tracepipe-tls"
+    assert receiver["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    endpoint = sm["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["bearerTokenSecret"] == {"name": "tracepipe-prometheus-token", "key": "token"}
+    with pytest.raises(helm.HelmError, match="secretName"):
+        render(chart, {"tls": {"enabled": True}})
+
+
+def test_default_network_policy_opens_only_otlp_api_and_metrics_from_monitoring(chart) -> None:
+    docs = render(chart)
+    recv = one(docs, "NetworkPolicy", "tp-tracepipe-receiver")["spec"]
+    ports = [{p["port"] for p in r["ports"]} for r in recv["ingress"]]
+    assert ports == [{4317, 4318}, {8081}, {9464}]
+    assert recv["ingress"][2]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    worker = one(docs, "NetworkPolicy", "tp-tracepipe-worker")["spec"]
+    assert [{p["port"] for p in r["ports"]} for r in worker["ingress"]] == [{8081}, {9464}]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -91,6 +92,7 @@ class BudgetGuard:
         *,
         api_url: str | None = None,
         api_timeout: float = 2.0,
+        api_token: str | None = None,
         redis: RedisConfig | None = None,
         client: Any = None,
         async_client: Any = None,
@@ -106,6 +108,8 @@ class BudgetGuard:
             raise ValueError("BudgetGuard needs a redis_url, a RedisConfig, a client or an api_url")
         self.api_url = api_url.rstrip("/") if api_url else None
         self.api_timeout = api_timeout
+        # bearer token (`read` scope) when the API has auth; default: $TRACEPIPE_TOKEN
+        self.api_token = api_token or os.environ.get("TRACEPIPE_TOKEN") or None
         self.redis_cfg = redis
         self._client = client
         self._async_client = async_client
@@ -293,7 +297,8 @@ class BudgetGuard:
             params["estimated_tokens"] = estimated_tokens
         url = f"{self.api_url}/api/budgets/check?{urllib.parse.urlencode(params)}"
         try:
-            with urllib.request.urlopen(url, timeout=self.api_timeout) as resp:
+            headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.api_timeout) as resp:
                 body = json.loads(resp.read())
         except urllib.error.HTTPError as e:
             if e.code != 429:

@@ -34,6 +34,7 @@ _COMMAND_MODULES: list[str] = [
     "distributed",
     "alerts",
     "dead_letter",
+    "token",
 ]
 
 for _name in _COMMAND_MODULES:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.options import config_options, load_or_exit
+from pipeline.cli.options import config_options, load_or_exit, token_option
 
 
 @click.command("alerts")
@@ -26,6 +26,7 @@ from pipeline.cli.options import config_options, load_or_exit
     help="API of the running pipeline (http://host:8081 or host:8081; default: service.api.endpoint).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
+@token_option
 def alerts(
     config_path: str | None, data_dir: str | None, show_all: bool, limit: int, api_url: str | None, as_json: bool
 ) -> None:

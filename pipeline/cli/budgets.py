@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.options import config_options, load_or_exit
+from pipeline.cli.options import config_options, load_or_exit, token_option
 
 
 @click.group("budgets")
@@ -28,6 +28,7 @@ def budgets() -> None:
 @click.option("--tier", help="Tier used for the limit of an id that has not spent anything yet.")
 @click.option("--api-url", metavar="URL", help="Ask this API (http://host:8081) for embedded local budgets.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@token_option
 def show(
     scope: str,
     id_: str,

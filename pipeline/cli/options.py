@@ -44,6 +44,31 @@ def endpoint_options(*which: str) -> Callable[[Callable[..., Any]], Callable[...
     return deco
 
 
+TOKEN_META = "tracepipe.token"
+
+
+def token_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--token (or TRACEPIPE_TOKEN): the bearer token sent to the pipeline's API."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.meta[TOKEN_META] = value
+
+    return click.option("--token", metavar="TOKEN", envvar="TRACEPIPE_TOKEN", expose_value=False,
+                        callback=remember, show_envvar=True,
+                        help="Bearer token for the API when it has auth (a `read` token).")(fn)
+
+
+def current_token() -> str | None:
+    """The token given by --token / TRACEPIPE_TOKEN to the running command, if any."""
+    import os
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(TOKEN_META):
+        return str(ctx.meta[TOKEN_META])
+    return os.environ.get("TRACEPIPE_TOKEN") or None
+
+
 def load_or_exit(config_path: str | None, **overrides: str | None) -> Config:
     """Load and validate the config; on error print every problem and exit with status 2."""
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.options import config_options, endpoint_options, load_or_exit
+from pipeline.cli.options import config_options, current_token, endpoint_options, load_or_exit, token_option
 from pipeline.config import Config, parse_endpoint
 
 
@@ -39,11 +39,14 @@ def _api_get(cfg: Config, path: str, params: dict[str, Any], api_url: str | None
         host, port = parse_endpoint(cfg.service.api.endpoint)
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
-        api_url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        scheme = "https" if cfg.service.api.tls is not None else "http"
+        api_url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     url = f"{api_url.rstrip('/')}{path}" + (f"?{query}" if query else "")
+    token = current_token()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=30) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         try:
@@ -81,6 +84,9 @@ def _fetch(cfg: Config, api_url: str | None, path: str, params: dict[str, Any], 
     except QueryFailed as e:
         if e.status == 404:
             return None
+        if e.status in (401, 403):
+            hint = "" if current_token() else " (pass --token or set TRACEPIPE_TOKEN)"
+            raise click.ClickException(f"the API refused the request: {e.args[0]}{hint}") from None
         raise click.ClickException(e.args[0]) from None
     except ApiUnreachable:
         if api_url is not None:
@@ -101,7 +107,7 @@ def _fetch(cfg: Config, api_url: str | None, path: str, params: dict[str, Any], 
 def api_option(fn):  # type: ignore[no-untyped-def]
     fn = click.option("--api-url", metavar="URL",
                       help="Ask this API (e.g. http://host:8081) instead of the config's service.api.")(fn)
-    return endpoint_options("api")(fn)
+    return token_option(endpoint_options("api")(fn))
 
 
 @click.group()

@@ -26,6 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from pipeline.auth.principal import ANONYMOUS, Principal
+from pipeline.auth.tenant import stamp_tenant
 from pipeline.config import OtlpReceiverConfig
 from pipeline.logs import truncate_for_log
 from pipeline.memory import note_request
@@ -97,8 +99,12 @@ class ExportHandler:
         if spans > 0:
             self.telemetry.receiver_refused_spans.labels(self.receiver_id, reason).inc(spans)
 
-    async def export(self, req: ExportTraceServiceRequest, size: int | None = None) -> ExportResult:
-        """`size`: the request's size in bytes when the receiver knows it (else computed)."""
+    async def export(self, req: ExportTraceServiceRequest, principal: Principal = ANONYMOUS,
+                     wire: bytes | None = None, size: int | None = None) -> ExportResult:
+        """`principal` is the authenticated caller; with auth on (not ANONYMOUS) its tenant is
+        stamped on the request (pipeline/auth/tenant.py) before the transport sees it.
+        `wire`: the protobuf bytes `req` was parsed from, if any (lets stamping skip work).
+        `size`: the request's size in bytes when the receiver knows it (else computed)."""
         cfg = self.cfg
         if size is not None:
             note_request(size)  # a large request schedules a malloc_trim (pipeline/memory.py)
@@ -125,6 +131,8 @@ class ExportHandler:
             return ExportResult(Outcome.ACCEPTED, resp)
         self._truncate(req, req.ByteSize() if size is None else size)
         n = checked.accepted
+        if principal is not ANONYMOUS:
+            stamp_tenant(req, principal.tenant, wire)
         try:
             offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout)
         except Exception:

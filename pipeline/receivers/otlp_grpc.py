@@ -38,7 +38,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceServicer
 
-from pipeline.config import OtlpReceiverConfig
+from pipeline.auth.guard import ListenerAuth
+from pipeline.auth.principal import ANONYMOUS, Principal
+from pipeline.auth.tokens import Failure
+from pipeline.config import OtlpReceiverConfig, parse_endpoint
 from pipeline.otlp.errors import OtlpDecodeError
 from pipeline.otlp.limits import decode_protobuf
 from pipeline.receivers.otlp_export import ExportHandler, Outcome
@@ -77,10 +80,13 @@ class OtlpGrpcReceiver(TraceServiceServicer):
         transport: RequestTransport,
         telemetry: Telemetry,
         logger: logging.Logger | None = None,
+        auth: ListenerAuth | None = None,
     ) -> None:
         if cfg.grpc is None:
             raise ValueError(f"receivers.{receiver_id}.grpc is disabled")
         self.receiver_id = receiver_id
+        self.kind = "otlp_grpc"
+        self.auth = auth or ListenerAuth(f"{receiver_id}/grpc", None, None)
         self.cfg = cfg
         self.telemetry = telemetry
         self.log = logger or logging.getLogger(f"tracepipe.receiver.{receiver_id}")
@@ -92,6 +98,12 @@ class OtlpGrpcReceiver(TraceServiceServicer):
     def port(self) -> int:
         """The bound port (after start)."""
         return self._port
+
+    @property
+    def endpoint(self) -> str:
+        """HOST:PORT this receiver listens on (after start; the bound port when 0 was asked)."""
+        assert self.cfg.grpc is not None
+        return f"{parse_endpoint(self.cfg.grpc.endpoint)[0]}:{self._port}"
 
     async def start(self) -> None:
         assert self.cfg.grpc is not None
@@ -107,8 +119,14 @@ class OtlpGrpcReceiver(TraceServiceServicer):
         )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
         endpoint = self.cfg.grpc.endpoint
+        tls = self.cfg.grpc.tls
         try:
-            port = server.add_insecure_port(endpoint)
+            if tls is not None:
+                from pipeline.auth.tls import grpc_server_credentials
+
+                port = server.add_secure_port(endpoint, grpc_server_credentials(tls))
+            else:
+                port = server.add_insecure_port(endpoint)
         except RuntimeError as e:
             raise OSError(f"receivers.{self.receiver_id}.grpc: cannot listen on {endpoint}: {e}") from None
         if not port:
@@ -116,7 +134,8 @@ class OtlpGrpcReceiver(TraceServiceServicer):
         await server.start()
         self._server = server
         self._port = port
-        self.log.info("OTLP/gRPC receiver %s listening on %s (port %d)", self.receiver_id, endpoint, port)
+        self.log.info("OTLP/gRPC receiver %s listening on %s (port %d%s%s)", self.receiver_id, endpoint, port,
+                      ", TLS" if tls else "", ", auth" if self.auth.enabled else "")
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is not None:
@@ -126,19 +145,39 @@ class OtlpGrpcReceiver(TraceServiceServicer):
     def _count(self, code: str) -> None:
         self.telemetry.receiver_requests.labels(self.receiver_id, code).inc()
 
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller's Principal from the `authorization` metadata; aborts UNAUTHENTICATED /
+        PERMISSION_DENIED when the token is missing, wrong or lacks the ingest scope."""
+        if not self.auth.enabled:
+            return ANONYMOUS
+        header = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                header = value if isinstance(value, str) else value.decode("latin-1")
+                break
+        result = self.auth.check(header, "ingest")
+        if isinstance(result, Failure):
+            code = grpc.StatusCode.PERMISSION_DENIED if result.status == 403 else grpc.StatusCode.UNAUTHENTICATED
+            self._count(code.name.lower())
+            await context.abort(code, result.message, _status_metadata(code, result.message, None))
+            raise AssertionError("unreachable: abort raises")
+        return result
+
     async def _export_bytes(self, data: bytes, context: grpc.aio.ServicerContext) -> ExportTraceServiceResponse:
+        principal = await self._authenticate(context)
         try:
             request = decode_protobuf(data)
         except OtlpDecodeError as e:
             self._count("invalid_argument")
             code = grpc.StatusCode.INVALID_ARGUMENT
             await context.abort(code, e.message, _status_metadata(code, e.message, None))
-        return await self.Export(request, context, len(data))
+        return await self.Export(request, context, principal, data)
 
     async def Export(
-        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext, size: int | None = None
+        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext,
+        principal: Principal = ANONYMOUS, wire: bytes | None = None,
     ) -> ExportTraceServiceResponse:
-        result = await self.handler.export(request, size)
+        result = await self.handler.export(request, principal, wire, len(wire) if wire is not None else None)
         if result.outcome is Outcome.ACCEPTED:
             self._count("partial" if result.partial else "ok")
             return result.response

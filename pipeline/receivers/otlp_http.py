@@ -32,6 +32,10 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from pipeline.auth.guard import ListenerAuth
+from pipeline.auth.http import PRINCIPAL_KEY, auth_middleware, ingest_scope, refusal
+from pipeline.auth.principal import ANONYMOUS
+from pipeline.auth.tokens import Failure
 from pipeline.config import OtlpReceiverConfig, parse_endpoint
 from pipeline.otlp.errors import OtlpDecodeError
 from pipeline.otlp.json_mapping import parse_json_request, response_to_json
@@ -51,6 +55,8 @@ _HTTP_STATUS = {Outcome.RETRY_FULL: 429, Outcome.RETRY_UNAVAILABLE: 503, Outcome
 _RPC_CODE = {
     400: code_pb2.INVALID_ARGUMENT,
     413: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
     415: code_pb2.INVALID_ARGUMENT,
     429: code_pb2.RESOURCE_EXHAUSTED,
     503: code_pb2.UNAVAILABLE,
@@ -71,10 +77,13 @@ class OtlpHttpReceiver:
         transport: RequestTransport,
         telemetry: Telemetry,
         logger: logging.Logger | None = None,
+        auth: ListenerAuth | None = None,
     ) -> None:
         if cfg.http is None:
             raise ValueError(f"receivers.{receiver_id}.http is disabled")
         self.receiver_id = receiver_id
+        self.kind = "otlp_http"
+        self.auth = auth or ListenerAuth(f"{receiver_id}/http", None, None)
         self.cfg = cfg
         self.telemetry = telemetry
         self.log = logger or logging.getLogger(f"tracepipe.receiver.{receiver_id}")
@@ -88,10 +97,25 @@ class OtlpHttpReceiver:
         """The bound port (after start)."""
         return self._port
 
+    @property
+    def endpoint(self) -> str:
+        """HOST:PORT this receiver listens on (after start; the bound port when 0 was asked)."""
+        assert self.cfg.http is not None
+        return f"{parse_endpoint(self.cfg.http.endpoint)[0]}:{self._port}"
+
     def app(self) -> web.Application:
-        app = web.Application()
+        middlewares = [auth_middleware(self.auth, ingest_scope, self._refuse)] if self.auth.enabled else []
+        app = web.Application(middlewares=middlewares)
         app.router.add_post(PATH, self._traces)
         return app
+
+    def _refuse(self, failure: Failure, request: web.Request) -> web.Response:
+        """401/403 as google.rpc.Status in the request's encoding, with WWW-Authenticate."""
+        if request.content_type not in (PROTOBUF, JSON):
+            return refusal(failure)
+        resp = self._error(failure.status, failure.message, request.content_type == JSON)
+        resp.headers["WWW-Authenticate"] = refusal(failure).headers["WWW-Authenticate"]
+        return resp
 
     async def start(self) -> None:
         assert self.cfg.http is not None
@@ -100,7 +124,13 @@ class OtlpHttpReceiver:
         # auto_decompress off: gzip is inflated here, incrementally and capped
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        tls = self.cfg.http.tls
+        ssl_context = None
+        if tls is not None:
+            from pipeline.auth.tls import server_ssl_context
+
+            ssl_context = server_ssl_context(tls)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as e:
@@ -111,7 +141,8 @@ class OtlpHttpReceiver:
         sockets = getattr(site._server, "sockets", None) or []
         self._port = sockets[0].getsockname()[1] if sockets else port
         self._runner = runner
-        self.log.info("OTLP/HTTP receiver %s listening on %s (port %d)", self.receiver_id, endpoint, self._port)
+        self.log.info("OTLP/HTTP receiver %s listening on %s (port %d%s%s)", self.receiver_id, endpoint, self._port,
+                      ", TLS" if tls else "", ", auth" if self.auth.enabled else "")
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._runner is not None:
@@ -168,7 +199,8 @@ class OtlpHttpReceiver:
                 req = parse_json_request(body)
         except OtlpDecodeError as e:
             return self._error(400, e.message, as_json)
-        result = await self.handler.export(req, len(body))
+        result = await self.handler.export(req, request.get(PRINCIPAL_KEY, ANONYMOUS), None if as_json else body,
+                                           len(body))
         if result.outcome is Outcome.ACCEPTED:
             self._count("partial" if result.partial else "ok")
             return _reply(200, result.response, as_json)

@@ -44,6 +44,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pipeline.api import ApiContext
+from pipeline.auth.setup import listener_auth_factory
 from pipeline.builder import build_chain
 from pipeline.chain import Chain
 from pipeline.config import Config
@@ -208,7 +209,8 @@ class WorkerRuntime:
             },
             extras={**self.extras, **({"alerts": self.alerts.store} if self.alerts is not None else {})},
         )
-        self.endpoints.update(await start_service_servers(svc, ctx, self.telemetry, self.servers))
+        self.endpoints.update(await start_service_servers(svc, ctx, self.telemetry, self.servers,
+            listener_auth_factory(self.config, self.telemetry)))
 
     def _alive(self) -> tuple[bool, str]:
         if self.app is None or not self._ready.is_set():

@@ -61,14 +61,79 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "tracepipe.dataDir" -}}/var/lib/tracepipe{{- end -}}
+{{- define "tracepipe.authDir" -}}/etc/tracepipe-auth{{- end -}}
+{{- define "tracepipe.tlsDir" -}}/etc/tracepipe-tls{{- end -}}
+
+{{- define "tracepipe.tokensSecret" -}}
+{{- default (printf "%s-tokens" (include "tracepipe.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* tls/auth settings of each listener (grpc, http, api, metrics) as YAML, merged into the config. */}}
+{{- define "tracepipe.listenerSecurity" -}}
+{{- if and (not .Values.auth.enabled) (not .Values.auth.allowUnauthenticated) -}}
+{{- fail "auth.enabled: false exposes the OTLP receivers and the API without authentication: set auth.allowUnauthenticated: true to accept that" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
+{{- fail "tls.enabled needs tls.secretName (a kubernetes.io/tls Secret)" -}}
+{{- end -}}
+{{- $dir := include "tracepipe.tlsDir" . -}}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) "reload_interval" .Values.tls.reloadInterval -}}
+{{- $otlpTls := merge (dict "min_version" "1.2") $tls -}}
+{{- if .Values.tls.clientAuth -}}{{- $_ := set $otlpTls "client_ca_file" (printf "%s/ca.crt" $dir) -}}{{- end -}}
+{{- $httpTls := merge (dict "min_version" (toString .Values.tls.minVersion)) $otlpTls -}}
+{{- $webTls := merge (dict "min_version" (toString .Values.tls.minVersion)) $tls -}}
+{{- $open := not .Values.auth.enabled -}}
+{{- $out := dict "grpc" dict "http" dict "api" dict "metrics" (dict "auth" (and .Values.auth.enabled .Values.auth.metrics)) -}}
+{{- range $k := list "grpc" "http" "api" -}}
+{{- if $open -}}{{- $_ := set (index $out $k) "allow_unauthenticated" true -}}{{- end -}}
+{{- end -}}
+{{- if .Values.tls.enabled -}}
+{{- $_ := set $out.grpc "tls" $otlpTls -}}
+{{- $_ := set $out.http "tls" $httpTls -}}
+{{- if .Values.tls.api -}}{{- $_ := set $out.api "tls" $webTls -}}{{- end -}}
+{{- if .Values.tls.metrics -}}{{- $_ := set $out.metrics "tls" $webTls -}}{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Volumes and mounts of the tokens Secret and the TLS Secret (when enabled). */}}
+{{- define "tracepipe.securityVolumes" -}}
+{{- if .Values.auth.enabled }}
+- name: auth
+  secret:
+    secretName: {{ include "tracepipe.tokensSecret" . }}
+    items:
+      - {key: {{ .Values.auth.tokensKey | quote }}, path: {{ .Values.auth.tokensKey | quote }}}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+{{- end }}
+{{- end -}}
+
+{{- define "tracepipe.securityMounts" -}}
+{{- if .Values.auth.enabled }}
+- {name: auth, mountPath: {{ include "tracepipe.authDir" . }}, readOnly: true}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- {name: tls, mountPath: {{ include "tracepipe.tlsDir" . }}, readOnly: true}
+{{- end }}
+{{- end -}}
 
 {{/* The tracepipe config file: values config (or embedded.config) plus what the chart
      owns: listen endpoints from .Values.ports, the data directory, Kafka SASL refs. */}}
 {{- define "tracepipe.config" -}}
 {{- $cfg := deepCopy (ternary .Values.embedded.config .Values.config (eq .Values.mode "embedded")) -}}
 {{- $svc := default dict $cfg.service -}}
-{{- $_ := set $svc "api" (dict "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.api))) -}}
-{{- $_ := set $svc "metrics" (dict "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.metrics))) -}}
+{{- $sec := include "tracepipe.listenerSecurity" . | fromYaml -}}
+{{- $api := merge (dict "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.api))) $sec.api -}}
+{{- $_ := set $svc "api" $api -}}
+{{- $metrics := merge (dict "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.metrics))) $sec.metrics -}}
+{{- $_ := set $svc "metrics" $metrics -}}
+{{- if .Values.auth.enabled -}}
+{{- $_ := set $cfg "auth" (dict "tokens_file" (printf "%s/%s" (include "tracepipe.authDir" .) .Values.auth.tokensKey)) -}}
+{{- end -}}
 {{- $_ := set $svc "data_dir" (include "tracepipe.dataDir" .) -}}
 {{- $_ := set $cfg "service" $svc -}}
 {{- $recv := default dict $cfg.receivers -}}
@@ -77,11 +142,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or (not (hasKey $otlp "grpc")) (index $otlp "grpc") -}}
 {{- $g := default dict (index $otlp "grpc") -}}
 {{- $_ := set $g "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpGrpc)) -}}
+{{- $g = merge $g $sec.grpc -}}
 {{- $_ := set $otlp "grpc" $g -}}
 {{- end -}}
 {{- if or (not (hasKey $otlp "http")) (index $otlp "http") -}}
 {{- $h := default dict (index $otlp "http") -}}
 {{- $_ := set $h "endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpHttp)) -}}
+{{- $h = merge $h $sec.http -}}
 {{- $_ := set $otlp "http" $h -}}
 {{- end -}}
 {{- $_ := set $recv "otlp" $otlp -}}
@@ -153,18 +220,19 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Probes on the API port. */}}
 {{- define "tracepipe.probes" -}}
 {{- $p := .Values.probes -}}
+{{- $scheme := ternary ", scheme: HTTPS" "" (and .Values.tls.enabled .Values.tls.api) -}}
 startupProbe:
-  httpGet: {path: {{ $p.startup.path }}, port: api}
+  httpGet: {path: {{ $p.startup.path }}, port: api{{ $scheme }}}
   periodSeconds: {{ $p.startup.periodSeconds }}
   failureThreshold: {{ $p.startup.failureThreshold }}
 livenessProbe:
-  httpGet: {path: {{ $p.liveness.path }}, port: api}
+  httpGet: {path: {{ $p.liveness.path }}, port: api{{ $scheme }}}
   initialDelaySeconds: {{ $p.liveness.initialDelaySeconds }}
   periodSeconds: {{ $p.liveness.periodSeconds }}
   timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
   failureThreshold: {{ $p.liveness.failureThreshold }}
 readinessProbe:
-  httpGet: {path: {{ $p.readiness.path }}, port: api}
+  httpGet: {path: {{ $p.readiness.path }}, port: api{{ $scheme }}}
   initialDelaySeconds: {{ $p.readiness.initialDelaySeconds }}
   periodSeconds: {{ $p.readiness.periodSeconds }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
@@ -178,6 +246,7 @@ readinessProbe:
     name: {{ include "tracepipe.fullname" . }}-config
 - name: tmp
   emptyDir: {}
+{{- include "tracepipe.securityVolumes" . }}
 {{- end -}}
 
 {{- define "tracepipe.topologySpread" -}}

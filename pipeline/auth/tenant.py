@@ -1,0 +1,46 @@
+"""Tenant stamping: the ingest token's tenant, written into the request the receiver forwards.
+
+Every ResourceSpans gets the resource attribute `tenant.id` = the token's tenant (any
+value the client put there is replaced), and every span-level `tenant.id` attribute is
+removed: the client's claim never survives. The stamp is in the request bytes, so the
+embedded queue and Kafka (`tracepipe receiver` -> `tracepipe worker`) carry it alike.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+TENANT_KEY = "tenant.id"
+
+
+def _drop_key(attributes, key: str) -> None:  # type: ignore[no-untyped-def]
+    doomed = [i for i, kv in enumerate(attributes) if kv.key == key]
+    for i in reversed(doomed):
+        del attributes[i]
+
+
+TENANT_KEY_BYTES = TENANT_KEY.encode()
+
+
+def stamp_tenant(request: ExportTraceServiceRequest, tenant: str, wire: bytes | None = None) -> None:
+    """Set resource `tenant.id` = `tenant` on every ResourceSpans; drop span-level `tenant.id`.
+
+    `wire`: the request's protobuf bytes, when the caller has them. A key is stored verbatim
+    in protobuf, so when those bytes do not contain `tenant.id` no span can carry it and the
+    per-span scan (the expensive part, ~5 us per span) is skipped. (Not for OTLP/JSON, whose
+    keys may be escaped as \\u sequences.)"""
+    scan_spans = wire is None or TENANT_KEY_BYTES in wire
+    for rs in request.resource_spans:
+        attrs = rs.resource.attributes
+        _drop_key(attrs, TENANT_KEY)
+        kv = attrs.add()
+        kv.key = TENANT_KEY
+        kv.value.string_value = tenant
+        if not scan_spans:
+            continue
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                for kv in span.attributes:
+                    if kv.key == TENANT_KEY:
+                        _drop_key(span.attributes, TENANT_KEY)
+                        break
