@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.alerts.config import AlertsConfig
+from pipeline.audit import AuditConfig
 from pipeline.component import ComponentConfig, Factory, split_component_id
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default.yaml")
@@ -237,6 +238,7 @@ class ServiceConfig(ComponentConfig):
     query_sink: str | None = Field(None, description="ClickHouse sink id the query API reads; default the first.")
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain queued spans on shutdown.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit log of API reads and deletes.")
 
 
 class RawConfig(BaseModel):

@@ -37,8 +37,9 @@ def json_error(status: int, message: str) -> web.Response:
 
 def build_app(ctx: ApiContext) -> web.Application:
     from pipeline.api import health
+    from pipeline.api.audit import audit_middleware
 
-    app = web.Application()
+    app = web.Application(middlewares=[audit_middleware])  # inside the auth middleware, when there is one
     app[CONTEXT_KEY] = ctx
     route_modules = [health]
     for module_name in _OPTIONAL_ROUTE_MODULES:
@@ -60,4 +61,6 @@ _OPTIONAL_ROUTE_MODULES: list[str] = [
     "analytics",
     "budgets",
     "alerts",
+    "deletion",
+    "audit",
 ]

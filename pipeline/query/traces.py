@@ -551,6 +551,45 @@ LIMIT {{limit:UInt32}} OFFSET {{offset:UInt64}}"""
             nxt = encode_cursor(last["start_ns"], last["trace_id"])
         return {"traces": traces, "next": nxt}
 
+    # --- deletion --------------------------------------------------------------------
+
+    def _command(self, sql: str, params: dict[str, Any]) -> None:
+        if self._client is None:
+            self._client = self._client_factory()
+        # Lightweight DELETE, waited for: the rows are gone for every reader when this returns.
+        self._client.command(sql, parameters=params, settings={"lightweight_deletes_sync": 2, "mutations_sync": 2})
+
+    async def forget(self, request: Any) -> dict[str, int]:
+        """Delete what a `pipeline.deletion.ForgetRequest` names from the spans and summary tables;
+        returns the spans and traces (summaries) removed. A user's traces go whole: every trace with a
+        span whose UserId is the user."""
+        params: dict[str, Any] = {"v": request.value}
+        only = ""
+        if request.tenant is not None and request.kind != "tenant":
+            params["tenant"] = request.tenant
+            only = " AND TenantId = {tenant:String}"
+        if request.kind == "tenant":
+            where = "TenantId = {v:String}"
+        elif request.kind == "trace":
+            where = "TraceId = {v:String}" + only
+        else:
+            rows = await self._query(
+                f"SELECT DISTINCT TraceId FROM {self.spans_table} WHERE UserId = {{v:String}}{only}", params
+            )
+            params["ids"] = [r[0] for r in rows]
+            where = "TraceId IN {ids:Array(String)}" + only
+        counts = await self._query(
+            f"SELECT (SELECT count() FROM {self.spans_table} WHERE {where}),"
+            f" (SELECT uniqExact(TraceId) FROM {self.summary_table} WHERE {where})",
+            params,
+        )
+        spans, traces = (int(counts[0][0]), int(counts[0][1])) if counts else (0, 0)
+        loop = asyncio.get_running_loop()
+        for table, n in ((self.summary_table, traces), (self.spans_table, spans)):
+            if n:
+                await loop.run_in_executor(self._executor, self._command, f"DELETE FROM {table} WHERE {where}", params)
+        return {"spans": spans, "trace_summaries": traces}
+
     # --- spend -----------------------------------------------------------------------
 
     async def cost_by(
