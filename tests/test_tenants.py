@@ -73,7 +73,8 @@ def _otlp(by_tenant: dict[str | None, list[dict[str, Any]]]) -> dict[str, Any]:
     resource_spans = []
     for tenant, spans in by_tenant.items():
         attrs = [_kv("service.name", "bot")] + ([_kv("tenant.id", tenant)] if tenant else [])
-        resource_spans.append({"resource": {"attributes": attrs}, "scopeSpans": [{"scope": {"name": "t"}, "spans": spans}]})
+        scope_spans = [{"scope": {"name": "t"}, "spans": spans}]
+        resource_spans.append({"resource": {"attributes": attrs}, "scopeSpans": scope_spans})
     return {"resourceSpans": resource_spans}
 
 
