@@ -172,6 +172,10 @@ async def test_each_tenant_sees_only_its_traces_and_admin_sees_all(world: World)
     assert _ids(globex) == {t["g1"], t["g2"]}
     _, everyone = await world.get("admin", "/api/traces", limit="100")
     assert _ids(everyone) == set(t.values())
+    _, narrowed = await world.get("admin", "/api/traces", tenant="globex")
+    assert _ids(narrowed) == {t["g1"], t["g2"]}
+    _, moved = await world.get("acme", "/api/traces", tenant="globex")  # a read token stays in its tenant
+    assert _ids(moved) == {t["a1"], t["a2"]}
     # Filters still apply inside the tenant: globex's u1 is not acme's u1.
     _, acme_u1 = await world.get("acme", "/api/traces", user="u1")
     assert _ids(acme_u1) == {t["a1"], t["a2"]}
@@ -198,6 +202,8 @@ async def test_costs_are_per_tenant(world: World) -> None:
     assert [(r["group"], r["calls"]) for r in by_model] == [("gpt-4o", 2)]
     _, everyone = await world.get("admin", "/api/analytics/cost", by="user")
     assert {r["group"]: round(r["cost_usd"], 6) for r in everyone} == {"u1": 1.31, "u2": 0.05}
+    _, narrowed = await world.get("admin", "/api/analytics/cost", by="user", tenant="acme")
+    assert {r["group"]: round(r["cost_usd"], 6) for r in narrowed} == {"u1": 1.2}
 
 
 async def test_budget_counters_and_checks_are_per_tenant(world: World) -> None:

@@ -3,7 +3,8 @@
 Spend, tokens, calls and p50/p95 latency per group, most expensive first (JSON list).
 model/service/operation/provider group the LLM span rows; user/feature use trace-level
 attribution (the user or feature set anywhere in a trace owns its cost; p50/p95 are then
-trace durations). `since` defaults to 24h. Limited to the caller's tenant (admin: every tenant).
+trace durations). `since` defaults to 24h. Limited to the caller's tenant (admin: every tenant,
+or the one `tenant` names).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pipeline.api import json_error
-from pipeline.api.scoping import forbidden, tenant_filter
+from pipeline.api.scoping import forbidden, narrowed_tenant
 from pipeline.api.traces import queries_or_error, run_query
 from pipeline.query.traces import COST_DIMENSIONS, parse_since
 
@@ -20,9 +21,9 @@ async def cost(request: web.Request) -> web.Response:
     if (denied := forbidden(request, "read")) is not None:
         return denied
     q = request.query
-    unknown = sorted(set(q) - {"by", "since"})
+    unknown = sorted(set(q) - {"by", "since", "tenant"})
     if unknown:
-        return json_error(400, f"{unknown[0]}: unknown parameter (allowed: by, since)")
+        return json_error(400, f"{unknown[0]}: unknown parameter (allowed: by, since, tenant)")
     by = q.get("by", "model")
     if by not in COST_DIMENSIONS:
         return json_error(400, f"by: must be one of {', '.join(COST_DIMENSIONS)}")
@@ -34,7 +35,7 @@ async def cost(request: web.Request) -> web.Response:
     queries, err = queries_or_error(request)
     if err is not None:
         return err
-    rows, err = await run_query(queries.cost_by(by, since=since, tenant=tenant_filter(request)))
+    rows, err = await run_query(queries.cost_by(by, since=since, tenant=narrowed_tenant(request)))
     if err is not None:
         return err
     return web.json_response(rows)

@@ -32,6 +32,13 @@ def tenant_filter(request: web.Request) -> str | None:
     return principal_of(request).tenant_filter
 
 
+def narrowed_tenant(request: web.Request) -> str | None:
+    """`tenant_filter`, or for an admin the `?tenant=` it names (None: every tenant). A non-admin's
+    `?tenant=` cannot widen or move its filter."""
+    only = tenant_filter(request)
+    return only if only is not None else (request.query.get("tenant") or None)
+
+
 def acting_tenant(request: web.Request, param: str = "as_tenant") -> tuple[str, web.Response | None]:
     """The one tenant a per-tenant read (budgets) is about: the caller's own, or for an admin the
     `?as_tenant=` it names. A non-admin naming another tenant gets 403."""
