@@ -7,7 +7,8 @@ Tables (created on start when `create_schema` is true):
   filled from the canonical attributes (GenAiProvider, GenAiOperation, RequestModel,
   ResponseModel, Input/Output/CacheRead/CacheCreationTokens, CostUsd — NULL when unpriced —,
   UserId, SessionId, ConversationId, Feature, TenantId).
-- `<table>_trace_summary`: one row per trace (after merges), fed at insert time by the
+- `<table>_trace_summary`: one row per trace and tenant (after merges: spans another tenant sent
+  under the same trace id never add to this tenant's row), fed at insert time by the
   materialized view `<table>_trace_summary_mv`: start/end, span and error counts, total cost
   and tokens, root span name/service/status, services, models and the trace-level
   Feature/UserId/TenantId/SessionId (any non-empty value among the trace's spans). Readers
@@ -286,11 +287,11 @@ ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
     Models SimpleAggregateFunction(groupUniqArrayArray, Array(String)),
     Feature SimpleAggregateFunction(max, String),
     UserId SimpleAggregateFunction(max, String),
-    TenantId SimpleAggregateFunction(max, String),
+    TenantId LowCardinality(String),
     SessionId SimpleAggregateFunction(max, String)
 ) ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(Start)
-ORDER BY TraceId
+ORDER BY (TraceId, TenantId)
 {summ_ttl}SETTINGS index_granularity = 8192, non_replicated_deduplication_window = {DEDUP_WINDOW}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{mv} TO {db}.{summ} AS
 SELECT
@@ -313,10 +314,10 @@ SELECT
                      RequestModel != '' OR ResponseModel != '') AS Models,
     max(toString(Feature)) AS Feature,
     max(UserId) AS UserId,
-    max(toString(TenantId)) AS TenantId,
+    toString(TenantId) AS TenantId,
     max(SessionId) AS SessionId
 FROM {db}.{spans}
-GROUP BY TraceId""",
+GROUP BY TraceId, TenantId""",
     ]
 
 

@@ -84,6 +84,7 @@ class World:
     api: TestClient
     traces: dict[str, str]  # name -> trace id
     data_dir: Path
+    otlp_http: str
 
     async def get(self, who: str, path: str, **params: str) -> tuple[int, Any]:
         r = await self.api.get(path, params=params, headers={"X-Test-As": who})
@@ -143,7 +144,7 @@ async def world(tmp_path: Path, clickhouse_dsn: str, chdb_database: str) -> Asyn
     app.middlewares.insert(0, as_principal)  # outermost, as the auth middleware will be
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
-    w = World(runtime, client, traces, tmp_path / "data")
+    w = World(runtime, client, traces, tmp_path / "data", endpoints.otlp_http)
 
     async def stored() -> bool:
         status, body = await w.get("admin", "/api/traces", limit="100")
@@ -191,6 +192,32 @@ async def test_a_trace_of_another_tenant_is_404_like_an_unknown_one(world: World
     assert status == 200 and len(own["spans"]) == 2
     status, _ = await world.get("admin", f"/api/traces/{world.traces['g1']}")
     assert status == 200
+
+
+async def test_spans_another_tenant_sends_under_a_trace_id_never_join_that_tenants_trace(world: World) -> None:
+    a1 = world.traces["a1"]
+    _, spans = _trace("intruder", 5.0, time.time_ns() - 30 * NS)
+    for s in spans:
+        s["traceId"] = a1
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"http://{world.otlp_http}/v1/traces", json=_otlp({"globex": spans}))
+        assert resp.status == 200
+
+    async def arrived() -> bool:
+        status, body = await world.get("admin", f"/api/traces/{a1}")
+        return status == 200 and len(body["spans"]) == 4
+
+    assert await _eventually(arrived)
+    _, own = await world.get("acme", f"/api/traces/{a1}")
+    assert len(own["spans"]) == 2 and round(own["totals"]["cost_usd"], 6) == 0.6
+    _, listed = await world.get("acme", "/api/traces")
+    [row] = [x for x in listed["traces"] if x["trace_id"] == a1]
+    assert (row["spans"], round(row["cost_usd"], 6), row["user_id"]) == (2, 0.6, "u1")
+    _, acme_cost = await world.get("acme", "/api/analytics/cost", by="user")
+    assert {r["group"]: round(r["cost_usd"], 6) for r in acme_cost} == {"u1": 1.2}
+    _, theirs = await world.get("globex", "/api/traces")
+    [mine] = [x for x in theirs["traces"] if x["trace_id"] == a1]
+    assert (mine["spans"], mine["user_id"]) == (2, "intruder")  # globex sees only what globex sent
 
 
 async def test_costs_are_per_tenant(world: World) -> None:

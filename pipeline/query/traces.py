@@ -436,10 +436,12 @@ class TraceQueries:
         # Candidate traces: some summary row matches. Cheap to find, and every row of a candidate
         # is still aggregated, so HAVING judges whole traces.
         candidates: list[str] = []
+        rows_of = ""
         if tenant is not None:
             params["tenant"] = tenant
             candidates.append("TenantId = {tenant:String}")
             having.append("TraceTenant = {tenant:String}")
+            rows_of = "{} TenantId = {{tenant:String}}"  # only this tenant's summary rows count
         cutoff = self._cutoff(since)
         if cutoff is not None:
             params["cutoff"] = cutoff
@@ -490,7 +492,7 @@ SELECT TraceId,
     max(Feature) AS TraceFeature, max(UserId) AS TraceUser, max(TenantId) AS TraceTenant,
     max(SessionId) AS TraceSession
 FROM {self.summary_table}
-{self._candidates(candidates)}
+{self._candidates(candidates)}{rows_of.format(" AND" if candidates else "WHERE")}
 GROUP BY TraceId
 HAVING {" AND ".join(having)}
 ORDER BY StartNs DESC, TraceId DESC
@@ -608,6 +610,7 @@ LIMIT {{limit:UInt32}} OFFSET {{offset:UInt64}}"""
             span_tenant = " AND TenantId = {tenant:String}"
             trace_tenant = " AND max(TenantId) = {tenant:String}"
             candidates.append("TenantId = {tenant:String}")
+        rows_of = " AND TenantId = {tenant:String}" if tenant is not None else ""
         if by in _SPAN_GROUP_EXPR:
             sql = f"""
 SELECT {_SPAN_GROUP_EXPR[by]} AS Grp, sum(CostUsd) AS Cost,
@@ -628,7 +631,7 @@ FROM (
         sum(CacheReadTokens) AS CrTok, sum(CacheCreationTokens) AS CcTok, sum(LlmCalls) AS Calls,
         toUnixTimestamp64Nano(min(Start)) AS StartNs, toUnixTimestamp64Nano(max(End)) - StartNs AS DurNs
     FROM {self.summary_table}
-    {self._candidates(candidates)}
+    {self._candidates(candidates)}{rows_of}
     GROUP BY TraceId
     HAVING StartNs >= {{cutoff:Int64}}{trace_tenant}
 )
