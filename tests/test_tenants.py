@@ -328,6 +328,8 @@ async def test_the_audit_log_records_every_read_and_delete(world: World) -> None
     g1 = world.traces["g1"]
     await world.get("acme", f"/api/traces/{g1}")  # 404: another tenant's
     await world.get("acme-ingest", "/api/traces")  # 403
+    r = await world.api.get("/api/no-such-thing", headers={"X-Test-As": "globex"})
+    assert r.status == 404
     await world.delete("admin", f"/api/traces/{g1}")
     status, body = await world.get("admin", "/api/audit", since="1h", limit="1000")
     assert status == 200
@@ -336,6 +338,7 @@ async def test_the_audit_log_records_every_read_and_delete(world: World) -> None
     assert ("acme00000001", "acme", "GET", "/api/traces/{trace_id}", {"trace_id": g1}, 404) in mine
     assert ("acmeingest01", "acme", "GET", "/api/traces", {}, 403) in mine
     assert ("admin0000001", "ops", "DELETE", "/api/traces/{trace_id}", {"trace_id": g1}, 200) in mine
+    assert ("globex000001", "globex", "GET", "(no route)", {}, 404) in mine
     assert entries[0]["route"] == "/api/traces/{trace_id}" and entries[0]["method"] == "DELETE"  # newest first
     _, only_acme = await world.get("admin", "/api/audit", tenant="acme", limit="1000")
     assert {e["tenant"] for e in only_acme["entries"]} == {"acme"}
