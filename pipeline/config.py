@@ -235,10 +235,10 @@ class ServiceConfig(ComponentConfig):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     api: EndpointConfig = Field(default_factory=lambda: EndpointConfig(endpoint="127.0.0.1:8081"))
     metrics: EndpointConfig = Field(default_factory=lambda: EndpointConfig(endpoint="127.0.0.1:9464"))
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit log of API reads and deletes.")
     query_sink: str | None = Field(None, description="ClickHouse sink id the query API reads; default the first.")
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain queued spans on shutdown.")
-    audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit log of API reads and deletes.")
 
 
 class RawConfig(BaseModel):
