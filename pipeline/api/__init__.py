@@ -58,9 +58,9 @@ def build_app(ctx: ApiContext) -> web.Application:
 # Route modules registered here: one line per area.
 _OPTIONAL_ROUTE_MODULES: list[str] = [
     "traces",
+    "deletion",
+    "audit",
     "analytics",
     "budgets",
     "alerts",
-    "deletion",
-    "audit",
 ]

@@ -30,10 +30,10 @@ _COMMAND_MODULES: list[str] = [
     "run",
     "validate",
     "query",
+    "forget",
     "budgets",
     "distributed",
     "alerts",
-    "forget",
 ]
 
 for _name in _COMMAND_MODULES:
