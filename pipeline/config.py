@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.alerts.config import AlertsConfig
+from pipeline.audit import AuditConfig
 from pipeline.auth.config import AuthConfig, TokenEntry
 from pipeline.component import ComponentConfig, Factory, split_component_id
 from pipeline.server_config import ServerConfig
@@ -287,6 +288,7 @@ class ServiceConfig(ComponentConfig):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     api: EndpointConfig = Field(default_factory=lambda: EndpointConfig(endpoint="127.0.0.1:8081"))
     metrics: MetricsEndpointConfig = Field(default_factory=lambda: MetricsEndpointConfig(endpoint="127.0.0.1:9464"))
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit log of API reads and deletes.")
     query_sink: str | None = Field(None, description="ClickHouse sink id the query API reads; default the first.")
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain queued spans on shutdown.")

@@ -57,6 +57,14 @@ async def build_extras(config: Config, telemetry: Telemetry) -> dict[str, Any]:
         await budgets.start()
         extras["budgets"] = budgets
         extras["_closers"].append(budgets.close)
+    from pipeline.deletion import store_hooks
+
+    extras["forget_hooks"] = store_hooks(config, extras)  # see pipeline/deletion.py
+    if config.service.audit.enabled:
+        from pipeline.audit import AuditLog
+
+        extras["audit"] = AuditLog.from_config(config.service.audit, config.data_dir)
+        extras["_closers"].append(extras["audit"].close)
     return extras
 
 

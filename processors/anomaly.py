@@ -14,6 +14,9 @@ How it works:
   `allowed_lateness`) passes their end; spans ending in an already closed pane are
   counted as late (`tracepipe_anomaly_unwindowed_spans_total{reason="late"}`), spans
   from the far future likewise (reason="future").
+- Keys are per tracepipe tenant (pipeline/tenants.py): a tenant other than "default" prefixes
+  its keys (`<tenant>\x1e<key>`), so two tenants never share a window, baseline or alert; events
+  carry `tenant`. Tenant "default" keeps the single-tenant keys (existing state carries on).
 - All state lives in `ctx.state.table("anomaly/<id>")` as JSON data: one value per key
   (panes, baselines, rule states) plus a `__meta__` value (watermark, closed boundary,
   counters). Each touched key is written back once per `process()` call, which is what
@@ -62,9 +65,11 @@ from pipeline.anomaly.windows import (
 )
 from pipeline.component import BaseProcessor, ComponentContext, Factory
 from pipeline.spans import STATUS_ERROR, Span, SpanBatch
+from pipeline.tenants import DEFAULT_TENANT, tenant_of
 
 META = "__meta__"
 SEP = "\x1f"
+TENANT_SEP = "\x1e"  # never in a tenant name (see sinks/clickhouse.py's rule) nor produced by key_function
 EVENT_KIND = "anomaly"
 
 K_COST = "gen_ai.usage.cost_usd"
@@ -110,6 +115,23 @@ def key_function(dims: list[str]) -> Callable[[Span], str]:
     return lambda s: SEP.join([f"{g(s)}" for g in getters])
 
 
+def tenant_key_function(dims: list[str]) -> Callable[[Span], str]:
+    """span -> its key, prefixed by its tenant unless that is "default"."""
+    key_of = key_function(dims)
+
+    def key(s: Span) -> str:
+        tenant = tenant_of(s)
+        return key_of(s) if tenant == DEFAULT_TENANT else f"{tenant}{TENANT_SEP}{key_of(s)}"
+
+    return key
+
+
+def split_tenant(ks: str) -> tuple[str, str]:
+    """A state key as (tenant, key of the dimensions)."""
+    tenant, sep, rest = ks.partition(TENANT_SEP)
+    return (tenant, rest) if sep else (DEFAULT_TENANT, ks)
+
+
 def _number(value: Any) -> float:
     if value is None or value.__class__ is bool:
         return 0.0
@@ -146,7 +168,7 @@ class AnomalyProcessor(BaseProcessor):
         self.clock = clock or time.time
         self._emit: EventSink | None = on_event or ctx.emit_event
         self.table = ctx.state.table(f"anomaly/{component_id}")
-        self.key_of = key_function(list(config.group_by))
+        self.key_of = tenant_key_function(list(config.group_by))
         self.hop_ns = round(config.window.hop_seconds * 1e9)
         self.size_ns = round(config.window.size * 1e9)
         self.lateness_ns = round(config.allowed_lateness * 1e9)
@@ -243,7 +265,12 @@ class AnomalyProcessor(BaseProcessor):
                     if st is None:
                         if self.n_keys >= self.config.max_keys:
                             overflow += 1
-                            ks = self.overflow_key
+                            tenant = split_tenant(ks)[0]
+                            ks = (
+                                self.overflow_key
+                                if tenant == DEFAULT_TENANT
+                                else f"{tenant}{TENANT_SEP}{self.overflow_key}"
+                            )
                             st = dirty.get(ks) or table.get(ks)
                         if st is None:
                             st = {"p": {}, "b": {}, "r": {}, "s": end}
@@ -428,7 +455,8 @@ class AnomalyProcessor(BaseProcessor):
         fired_at: int | None,
     ) -> None:
         n = len(self.config.group_by)
-        dims = dict(zip(self.config.group_by, (ks.split(SEP, n - 1) + [""] * n)[:n], strict=True))
+        tenant, dims_key = split_tenant(ks)
+        dims = dict(zip(self.config.group_by, (dims_key.split(SEP, n - 1) + [""] * n)[:n], strict=True))
         fp = self.fingerprint(rule.name, ks)
         key_text = " ".join(f"{d}={v or '-'}" for d, v in dims.items())
         baseline = None if base is None else {"mean": base[0], "std": bl.std(base), "windows": int(base[2])}
@@ -453,6 +481,7 @@ class AnomalyProcessor(BaseProcessor):
             "direction": rule.direction,
             "severity": rule.severity,
             "key": dims,
+            "tenant": tenant,
             "window": {
                 "start": _iso(agg.start_ns),
                 "end": _iso(agg.end_ns),

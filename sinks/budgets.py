@@ -47,6 +47,7 @@ from pipeline.budgets.status import utilization
 from pipeline.budgets.store import BudgetStore, Clock, StoreError, StoreUnavailable
 from pipeline.component import BaseSink, ComponentContext, Factory, SinkError
 from pipeline.spans import SpanBatch
+from pipeline.tenants import DEFAULT_TENANT
 
 
 class BudgetsSink(BaseSink):
@@ -225,7 +226,8 @@ class BudgetsSink(BaseSink):
         for inc, (nusd, tokens) in zip(increments, result.totals, strict=False):
             ratio = utilization(nusd, tokens, inc.limit)
             if ratio is not None:
-                self.tracker.observe(inc.budget.name, inc.period_start, inc.scope_id, min(ratio, 1e9))
+                tracked = inc.scope_id if inc.tenant == DEFAULT_TENANT else f"{inc.tenant}#{inc.scope_id}"
+                self.tracker.observe(inc.budget.name, inc.period_start, tracked, min(ratio, 1e9))
         now = self.clock()
         if now - self._last_export >= 1.0:
             self._last_export = now
@@ -257,14 +259,14 @@ class BudgetsSink(BaseSink):
             await out
 
     def alert_event(self, alert: FiredAlert, now: float) -> dict[str, Any] | None:
-        """The event of a crossed threshold (key `<prefix>:{budget}:<start>:<id>`)."""
-        rest = alert.key[len(self.layout.prefix) + 2 :]
-        name, _, tail = rest.partition("}:")
-        start_s, _, id_ = tail.partition(":")
-        b = self._by_name.get(name)
-        if b is None or not start_s.isdigit():
+        """The event of a crossed threshold (key `<prefix>:{budget}:<start>:[<tenant>#]<id>`)."""
+        parts = self.layout.split_counter(alert.key)
+        if parts is None:
             return None
-        start = int(start_s)
+        name, start, tenant, id_ = parts
+        b = self._by_name.get(name)
+        if b is None:
+            return None
         _s, end = period_window(b.period, b.tz, start)
         lim = alert.limit
         ratio = utilization(alert.nusd, alert.tokens, lim)
@@ -288,7 +290,10 @@ class BudgetsSink(BaseSink):
             "observed": alert.tokens if by_tokens else spent_usd,
             "kind": "budget",
             "window": {"start": period_start, "end": reset_at},
-            "event_id": f"budget:{self.component_id}:{name}:{start}:{id_}:{alert.threshold:g}",
+            "event_id": f"budget:{self.component_id}:{name}:{start}:"
+            + ("" if tenant == DEFAULT_TENANT else f"{tenant}#")
+            + f"{id_}:{alert.threshold:g}",
+            "tenant": tenant,
             # Budget specifics.
             "sink": self.component_id,
             "budget": name,

@@ -7,7 +7,8 @@ Tables (created on start when `create_schema` is true):
   filled from the canonical attributes (GenAiProvider, GenAiOperation, RequestModel,
   ResponseModel, Input/Output/CacheRead/CacheCreationTokens, CostUsd — NULL when unpriced —,
   UserId, SessionId, ConversationId, Feature, TenantId).
-- `<table>_trace_summary`: one row per trace (after merges), fed at insert time by the
+- `<table>_trace_summary`: one row per trace and tenant (after merges: spans another tenant sent
+  under the same trace id never add to this tenant's row), fed at insert time by the
   materialized view `<table>_trace_summary_mv`: start/end, span and error counts, total cost
   and tokens, root span name/service/status, services, models and the trace-level
   Feature/UserId/TenantId/SessionId (any non-empty value among the trace's spans). Readers
@@ -16,8 +17,13 @@ Tables (created on start when `create_schema` is true):
 Delivery: every insert carries `insert_deduplication_token = <batch_id>#<chunk>` and the
 tables keep a deduplication window, so a redelivered batch is stored once, in the summary
 too (`deduplicate_blocks_in_dependent_materialized_views`). Retention is a table TTL on
-Timestamp (`ttl_days`); rows already older than that are dropped as they arrive, and counted
-(`tracepipe_dropped_spans_total{reason="older_than_retention"}`).
+Timestamp (`ttl_days`, per tenant `tenant_ttl_days`: one `TTL ... WHERE TenantId = ...` rule per
+tenant, see `ttl_clause`); rows already older than that are dropped as they arrive, and counted
+(`tracepipe_dropped_spans_total{reason="older_than_retention"}`). A changed retention is applied
+to existing tables on start (`ALTER TABLE ... MODIFY TTL`).
+
+TenantId is the tracepipe tenant owning the span: the resource attribute `tenant.id` (stamped
+from the ingest token when auth is on), else "default" (see pipeline/tenants.py).
 
 Rows are built column by column as Arrow (maps as Arrow map arrays) and sent with
 `insert_arrow`: the fastest path into ClickHouse and chDB (see bench/chdb_insert.py).
@@ -44,8 +50,10 @@ from pydantic import Field, field_validator
 from pipeline.component import BaseSink, ComponentConfig, ComponentContext, Factory, SinkError
 from pipeline.query.store import StoreLockedError, open_client, resolve_dsn
 from pipeline.spans import SPAN_KIND_NAMES, STATUS_CODE_NAMES, Span, SpanBatch
+from pipeline.tenants import tenant_of_resource
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 # ClickHouse error codes worth retrying (the server is busy or unreachable, not the data wrong).
 _TRANSIENT_CODES = {
@@ -119,7 +127,13 @@ class ClickHouseSinkConfig(ComponentConfig):
         30,
         ge=1,
         description="Retention: rows older than this many days (by span Timestamp) are dropped. "
-        "null keeps data forever.",
+        "null keeps data forever. The default of every tenant not in `tenant_ttl_days`.",
+    )
+    tenant_ttl_days: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="Retention per tenant (TenantId): tenant -> days, null keeps that tenant's data forever. "
+        "Tenants not listed keep `ttl_days`. Rows then expire one by one in merges "
+        "(`ttl_only_drop_parts = 0`) rather than by whole daily parts.",
     )
     max_insert_rows: int = Field(
         100_000, ge=1, description="Batches with more spans are inserted in chunks of at most this many rows."
@@ -149,6 +163,21 @@ class ClickHouseSinkConfig(ComponentConfig):
             raise ValueError("must be a plain identifier (letters, digits, underscore; not starting with a digit)")
         return v
 
+    @field_validator("tenant_ttl_days")
+    @classmethod
+    def _tenant_ttl(cls, v: dict[str, int | None]) -> dict[str, int | None]:
+        for tenant, days in v.items():
+            if not _TENANT_NAME.match(tenant):
+                raise ValueError(
+                    f"{tenant!r}: a tenant name is 1-128 letters, digits or ._:@- (starting with a letter or digit)"
+                )
+            if days is not None and days < 1:
+                raise ValueError(f"{tenant}: days must be >= 1 (or null to keep forever)")
+        return v
+
+    def ttl_days_for(self, tenant: str) -> int | None:
+        return self.tenant_ttl_days.get(tenant, self.ttl_days)
+
     @field_validator("dsn")
     @classmethod
     def _dsn(cls, v: str | None) -> str | None:
@@ -172,7 +201,33 @@ _MAP_INDEXES = """\
 """
 
 
-def schema_statements(database: str, table: str, ttl_days: int | None, *, attribute_indexes: bool = True) -> list[str]:
+def ttl_expression(time_expr: str, ttl_days: int | None, tenant_ttl_days: dict[str, int | None] | None = None) -> str:
+    """The TTL of a table keyed by `time_expr`, as ClickHouse prints it back ("" for none).
+
+    Without per-tenant retention: `<time> + toIntervalDay(<ttl_days>)`. With it: one rule per tenant
+    with a limit (`... WHERE TenantId = 't'`) and one for every other tenant (`... WHERE TenantId
+    NOT IN (...)`); a tenant (or the default) kept forever has no rule."""
+    tenants = dict(sorted((tenant_ttl_days or {}).items()))
+    for t in tenants:
+        if not _TENANT_NAME.match(t):
+            raise ValueError(f"not a tenant name: {t!r}")
+    if not tenants:
+        return f"{time_expr} + toIntervalDay({int(ttl_days)})" if ttl_days else ""
+    rules = [f"{time_expr} + toIntervalDay({int(d)}) WHERE TenantId = '{t}'" for t, d in tenants.items() if d]
+    if ttl_days:
+        listed = ", ".join(f"'{t}'" for t in tenants)
+        rules.append(f"{time_expr} + toIntervalDay({int(ttl_days)}) WHERE TenantId NOT IN ({listed})")
+    return ", ".join(rules)
+
+
+def schema_statements(
+    database: str,
+    table: str,
+    ttl_days: int | None,
+    *,
+    attribute_indexes: bool = True,
+    tenant_ttl_days: dict[str, int | None] | None = None,
+) -> list[str]:
     """DDL for the database, the spans table, the trace summary table and its view."""
     for name in (database, table):
         if not _IDENT.match(name):
@@ -180,8 +235,11 @@ def schema_statements(database: str, table: str, ttl_days: int | None, *, attrib
     db, spans, summ = f"`{database}`", f"`{table}`", f"`{summary_table(table)}`"
     mv = f"`{summary_table(table)}_mv`"
     map_indexes = _MAP_INDEXES if attribute_indexes else ""
-    spans_ttl = f"TTL toDateTime(Timestamp) + toIntervalDay({int(ttl_days)})\n" if ttl_days else ""
-    summ_ttl = f"TTL toDateTime(Start) + toIntervalDay({int(ttl_days)})\n" if ttl_days else ""
+    spans_ttl_expr = ttl_expression("toDateTime(Timestamp)", ttl_days, tenant_ttl_days)
+    summ_ttl_expr = ttl_expression("toDateTime(Start)", ttl_days, tenant_ttl_days)
+    spans_ttl = f"TTL {spans_ttl_expr}\n" if spans_ttl_expr else ""
+    summ_ttl = f"TTL {summ_ttl_expr}\n" if summ_ttl_expr else ""
+    drop_parts = 0 if tenant_ttl_days else 1
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
         f"""CREATE TABLE IF NOT EXISTS {db}.{spans} (
@@ -234,7 +292,7 @@ def schema_statements(database: str, table: str, ttl_days: int | None, *, attrib
 PARTITION BY toDate(Timestamp)
 PRIMARY KEY (ServiceName, SpanName, toDateTime(Timestamp))
 ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
-{spans_ttl}SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1,
+{spans_ttl}SETTINGS index_granularity = 8192, ttl_only_drop_parts = {drop_parts},
     non_replicated_deduplication_window = {DEDUP_WINDOW}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.{summ} (
     TraceId String CODEC(ZSTD(1)),
@@ -255,11 +313,11 @@ ORDER BY (ServiceName, SpanName, toDateTime(Timestamp), Timestamp)
     Models SimpleAggregateFunction(groupUniqArrayArray, Array(String)),
     Feature SimpleAggregateFunction(max, String),
     UserId SimpleAggregateFunction(max, String),
-    TenantId SimpleAggregateFunction(max, String),
+    TenantId LowCardinality(String),
     SessionId SimpleAggregateFunction(max, String)
 ) ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(Start)
-ORDER BY TraceId
+ORDER BY (TraceId, TenantId)
 {summ_ttl}SETTINGS index_granularity = 8192, non_replicated_deduplication_window = {DEDUP_WINDOW}""",
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{mv} TO {db}.{summ} AS
 SELECT
@@ -282,11 +340,42 @@ SELECT
                      RequestModel != '' OR ResponseModel != '') AS Models,
     max(toString(Feature)) AS Feature,
     max(UserId) AS UserId,
-    max(toString(TenantId)) AS TenantId,
+    toString(TenantId) AS TenantId,
     max(SessionId) AS SessionId
 FROM {db}.{spans}
-GROUP BY TraceId""",
+GROUP BY TraceId, TenantId""",
     ]
+
+
+_TABLE_TTL = re.compile(r" TTL (.*?)(?: SETTINGS |$)")
+
+
+def sync_retention(client: Any, cfg: ClickHouseSinkConfig) -> list[str]:
+    """Bring the TTL of existing spans and summary tables in line with the config (a table created
+    by an older config keeps its TTL otherwise). Returns the ALTER statements run."""
+    ran: list[str] = []
+    drop_parts = 0 if cfg.tenant_ttl_days else 1
+    for table, time_expr in ((cfg.table, "toDateTime(Timestamp)"), (summary_table(cfg.table), "toDateTime(Start)")):
+        rows = client.query(
+            "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            parameters={"db": cfg.database, "t": table},
+        ).result_rows
+        if not rows:
+            continue
+        m = _TABLE_TTL.search(rows[0][0])
+        current = m.group(1) if m else ""
+        wanted = ttl_expression(time_expr, cfg.ttl_days, cfg.tenant_ttl_days)
+        target = f"`{cfg.database}`.`{table}`"
+        if current != wanted:
+            stmt = f"ALTER TABLE {target} " + (f"MODIFY TTL {wanted}" if wanted else "REMOVE TTL")
+            if wanted or current:
+                client.command(stmt)
+                ran.append(stmt)
+        if table == cfg.table and f"ttl_only_drop_parts = {drop_parts}" not in rows[0][0]:
+            stmt = f"ALTER TABLE {target} MODIFY SETTING ttl_only_drop_parts = {drop_parts}"
+            client.command(stmt)
+            ran.append(stmt)
+    return ran
 
 
 # --- rows as Arrow columns --------------------------------------------------------------
@@ -418,6 +507,7 @@ def spans_to_arrow(spans: list[Span]) -> pa.Table:
     for r in uniq:
         svc = r.attributes.get("service.name")
         services.append(svc if svc.__class__ is str and svc else "unknown_service")
+    tenants = [tenant_of_resource(r) for r in uniq]
     take = pa.array(res_idx, pa.int32())
     starts = _clamp_ns([s.start_ns for s in spans])
     ends = [s.end_ns for s in spans]
@@ -473,7 +563,7 @@ def spans_to_arrow(spans: list[Span]) -> pa.Table:
         "SessionId": _text_column(attrs, "session.id", present),
         "ConversationId": _text_column(attrs, "gen_ai.conversation.id", present),
         "Feature": _text_column(attrs, "app.feature", present),
-        "TenantId": _text_column(attrs, "tenant.id", present),
+        "TenantId": pa.array([tenants[i] for i in res_idx], _STR),
     }
     return pa.table(columns)
 
@@ -584,9 +674,11 @@ class ClickHouseSink(BaseSink):
         client = open_client(self.dsn, username=self.cfg.username, password=self.cfg.password)
         if self.cfg.create_schema:
             for stmt in schema_statements(
-                self.cfg.database, self.cfg.table, self.cfg.ttl_days, attribute_indexes=self.cfg.attribute_indexes
+                self.cfg.database, self.cfg.table, self.cfg.ttl_days, attribute_indexes=self.cfg.attribute_indexes,
+                tenant_ttl_days=self.cfg.tenant_ttl_days,
             ):
                 client.command(stmt)
+            sync_retention(client, self.cfg)
         return client
 
     def ready(self) -> bool:
@@ -605,11 +697,10 @@ class ClickHouseSink(BaseSink):
                 ) from e
         step = self.cfg.max_insert_rows
         spans = batch.spans
-        if self.cfg.ttl_days:
+        if self.cfg.ttl_days or self.cfg.tenant_ttl_days:
             # Inserted all the same (a batch's chunks must not depend on the clock, or a redelivery
             # would cut them differently under the same tokens); the table's TTL drops them.
-            cutoff = time.time_ns() - self.cfg.ttl_days * 86_400 * 1_000_000_000
-            expired = sum(1 for s in spans if s.start_ns < cutoff)
+            expired = self._expired(spans)
             if expired:
                 self.ctx.telemetry.count_drop(self.component_id, "older_than_retention", expired, processor=False)
         chunks = [spans[lo : lo + step] for lo in range(0, len(spans), step)]
@@ -629,6 +720,23 @@ class ClickHouseSink(BaseSink):
         finally:
             if not pending.done():
                 pending.cancel()
+
+    def _expired(self, spans: list[Span]) -> int:
+        now = time.time_ns()
+        if not self.cfg.tenant_ttl_days:
+            cutoff = now - (self.cfg.ttl_days or 0) * 86_400 * 1_000_000_000
+            return sum(1 for s in spans if s.start_ns < cutoff)
+        cutoffs: dict[str, int | None] = {}
+        expired = 0
+        for s in spans:
+            tenant = tenant_of_resource(s.resource)
+            if tenant not in cutoffs:
+                days = self.cfg.ttl_days_for(tenant)
+                cutoffs[tenant] = None if days is None else now - days * 86_400 * 1_000_000_000
+            cutoff = cutoffs[tenant]
+            if cutoff is not None and s.start_ns < cutoff:
+                expired += 1
+        return expired
 
     def _encode(self, spans: list[Span]) -> pa.Table:
         """The chunk as Arrow; spans that cannot be encoded are dropped (counted), not the chunk."""

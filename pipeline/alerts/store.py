@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 
@@ -48,6 +49,30 @@ class AlertStore:
                 break
             out.append(event)
         return out
+
+    def forget(self, match: Callable[[dict[str, Any]], bool]) -> int:
+        """Drop every active alert and recent event `match` selects (deletion); returns how many."""
+        gone = [fp for fp, e in self._active.items() if match(e)]
+        for fp in gone:
+            del self._active[fp]
+        kept = [e for e in self._recent if not match(e)]
+        dropped = len(self._recent) - len(kept)
+        self._recent.clear()
+        self._recent.extend(kept)
+        return len(gone) + dropped
+
+    def scrub_trace(self, trace_id: str) -> int:
+        """Remove a trace id from the events' `example_trace_ids`; returns the events changed."""
+        changed = 0
+        seen: set[int] = set()
+        for e in [*self._active.values(), *self._recent]:
+            ids = e.get("example_trace_ids")
+            if id(e) in seen or not isinstance(ids, list) or trace_id not in ids:
+                continue
+            seen.add(id(e))
+            e["example_trace_ids"] = [t for t in ids if t != trace_id]
+            changed += 1
+        return changed
 
     def __len__(self) -> int:
         return len(self._active)

@@ -37,8 +37,9 @@ def json_error(status: int, message: str) -> web.Response:
 
 def build_app(ctx: ApiContext) -> web.Application:
     from pipeline.api import health
+    from pipeline.api.audit import audit_middleware
 
-    app = web.Application()
+    app = web.Application(middlewares=[audit_middleware])  # inside the auth middleware, when there is one
     app[CONTEXT_KEY] = ctx
     route_modules = [health]
     for module_name in _OPTIONAL_ROUTE_MODULES:
@@ -57,6 +58,8 @@ def build_app(ctx: ApiContext) -> web.Application:
 # Route modules registered here: one line per area.
 _OPTIONAL_ROUTE_MODULES: list[str] = [
     "traces",
+    "deletion",
+    "audit",
     "analytics",
     "budgets",
     "alerts",

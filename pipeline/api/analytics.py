@@ -3,7 +3,8 @@
 Spend, tokens, calls and p50/p95 latency per group, most expensive first (JSON list).
 model/service/operation/provider group the LLM span rows; user/feature use trace-level
 attribution (the user or feature set anywhere in a trace owns its cost; p50/p95 are then
-trace durations). `since` defaults to 24h.
+trace durations). `since` defaults to 24h. Limited to the caller's tenant (admin: every tenant,
+or the one `tenant` names).
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from pipeline.api import json_error, params
+from pipeline.api.scoping import forbidden, narrowed_tenant
 from pipeline.api.traces import queries_or_error, run_query
 from pipeline.query.traces import COST_DIMENSIONS
 
 
 async def cost(request: web.Request) -> web.Response:
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
     q = request.query
     try:
-        params.check_known(q, {"by", "since"})
+        params.check_known(q, {"by", "since", "tenant"})
+        params.text(q, "tenant")
         by = params.choice(q, "by", COST_DIMENSIONS, "model")
         since = params.duration(q, "since", "24h")
     except ValueError as e:
@@ -26,7 +31,7 @@ async def cost(request: web.Request) -> web.Response:
     queries, err = queries_or_error(request)
     if err is not None:
         return err
-    rows, err = await run_query(queries.cost_by(by, since=since))
+    rows, err = await run_query(queries.cost_by(by, since=since, tenant=narrowed_tenant(request)))
     if err is not None:
         return err
     return web.json_response(rows)

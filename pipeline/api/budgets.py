@@ -10,6 +10,9 @@ GET /api/budgets/check?user=u-42&feature=chat&tier=free[&estimated_usd=0.01] ans
 guard's decision (200, or 429 with Retry-After): BudgetGuard(api_url=...) uses it where
 counters live in the embedded pipeline's local store instead of Redis.
 
+Counters are per tracepipe tenant: a token reads its own tenant's counters; an admin token (and
+callers of a listener without auth: tenant "default") may name another with `?as_tenant=T`.
+
 The handlers use `ApiContext.extras["budgets"]`, a `pipeline.budgets.registry.BudgetRegistry`.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pipeline.api import CONTEXT_KEY, json_error, params
+from pipeline.api.scoping import acting_tenant, forbidden
 from pipeline.budgets.config import parse_scope, scope_name
 from pipeline.budgets.store import StoreUnavailable
 
@@ -27,6 +31,8 @@ def _registry(request: web.Request):  # type: ignore[no-untyped-def]
 
 
 async def list_budgets(request: web.Request) -> web.Response:
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
     registry = _registry(request)
     if registry is None:
         return json_error(404, "no budgets sink is configured")
@@ -34,6 +40,11 @@ async def list_budgets(request: web.Request) -> web.Response:
 
 
 async def show_budget(request: web.Request) -> web.Response:
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
+    tenant, denied = acting_tenant(request)
+    if denied is not None:
+        return denied
     registry = _registry(request)
     if registry is None:
         return json_error(404, "no budgets sink is configured")
@@ -42,7 +53,7 @@ async def show_budget(request: web.Request) -> web.Response:
         if len(scope) > params.MAX_TEXT_CHARS or len(id_) > params.MAX_TEXT_CHARS:
             raise params.ParamError(f"scope and id: at most {params.MAX_TEXT_CHARS} characters each")
         canonical = scope_name(parse_scope(scope))
-        statuses = await registry.status(scope, id_, tier=params.text(request.query, "tier"))
+        statuses = await registry.status(scope, id_, tier=params.text(request.query, "tier"), tenant=tenant)
     except ValueError as e:
         return json_error(400, str(e))
     except StoreUnavailable as e:
@@ -55,13 +66,18 @@ async def show_budget(request: web.Request) -> web.Response:
 async def check_budget(request: web.Request) -> web.Response:
     """The guard's decision for the scope values in the query (the guard's `api_url` mode):
     200 when allowed, 429 with Retry-After when a budget is spent."""
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
+    tenant, denied = acting_tenant(request)
+    if denied is not None:
+        return denied
     registry = _registry(request)
     if registry is None:
         return json_error(404, "no budgets sink is configured")
     from pipeline.budgets.guard import scope_values
 
     q = request.query
-    scope = {k: v for k, v in q.items() if k not in ("tier", "estimated_usd", "estimated_tokens")}
+    scope = {k: v for k, v in q.items() if k not in ("tier", "estimated_usd", "estimated_tokens", "as_tenant")}
     try:
         for key in scope:
             params.text(q, key)
@@ -72,7 +88,7 @@ async def check_budget(request: web.Request) -> web.Response:
     except (TypeError, ValueError) as e:
         return json_error(400, str(e).strip("'\""))
     try:
-        decision = await registry.check(values, tier, estimated_usd or 0.0, estimated_tokens or 0)
+        decision = await registry.check(values, tier, estimated_usd or 0.0, estimated_tokens or 0, tenant)
     except StoreUnavailable as e:
         return json_error(503, f"budget store unavailable: {e}")
     return web.json_response(decision.to_json(), status=decision.status_code, headers=decision.headers())

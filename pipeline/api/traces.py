@@ -1,9 +1,11 @@
 """GET /api/traces/{trace_id} (one trace: spans, tree, totals) and GET /api/traces (summaries).
 
 List parameters: service, model, user, status (ok|error|unset), min_cost (USD), since
-(15m, 24h, 7d), limit (1..1000, default 20), cursor (the `next` of the previous page).
+(15m, 24h, 7d), limit (1..1000, default 20), cursor (the `next` of the previous page), tenant
+(admin only: one tenant's traces; a read token always gets its own).
 Bad parameters answer 400 with a message naming the parameter (pipeline/api/params.py); an unknown trace 404; a
-process without a query store 503.
+process without a query store 503. Both are limited to the caller's tenant (admin: every tenant);
+a trace of another tenant answers 404, as an unknown one does (never 403: that would confirm it exists).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from aiohttp import web
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from pipeline.api import CONTEXT_KEY, json_error, params
+from pipeline.api.scoping import forbidden, narrowed_tenant, tenant_filter
 from pipeline.query.store import StoreLockedError, StoreMissingError
 from pipeline.query.traces import MAX_LIMIT, TRACE_STATUSES, normalize_trace_id
 
@@ -46,6 +49,8 @@ async def run_query(coro: Any) -> tuple[Any, web.Response | None]:
 
 
 async def get_trace(request: web.Request) -> web.Response:
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
     try:
         tid = normalize_trace_id(request.match_info["trace_id"])
     except ValueError as e:
@@ -53,7 +58,7 @@ async def get_trace(request: web.Request) -> web.Response:
     queries, err = queries_or_error(request)
     if err is not None:
         return err
-    trace, err = await run_query(queries.get_trace(tid))
+    trace, err = await run_query(queries.get_trace(tid, tenant=tenant_filter(request)))
     if err is not None:
         return err
     if trace is None:
@@ -81,14 +86,17 @@ def parse_list_params(q: Any) -> dict[str, Any]:
 
 
 async def list_traces(request: web.Request) -> web.Response:
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
     try:
-        kwargs = parse_list_params(request.query)
+        params.text(request.query, "tenant")
+        kwargs = parse_list_params({k: v for k, v in request.query.items() if k != "tenant"})
     except ValueError as e:
         return json_error(400, str(e))
     queries, err = queries_or_error(request)
     if err is not None:
         return err
-    result, err = await run_query(queries.list_traces(**kwargs))
+    result, err = await run_query(queries.list_traces(**kwargs, tenant=narrowed_tenant(request)))
     if err is not None:
         return err
     return web.json_response(result)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pipeline.budgets.model import NANO, Budget, Increment, KeyLayout, encode_id
 from pipeline.spans import Span, attr_float, attr_int, attr_str
+from pipeline.tenants import tenant_of
 
 COST = "gen_ai.usage.cost_usd"
 # Per-span sanity caps: a corrupt value must not overflow Redis's 64-bit counters or poison a batch.
@@ -70,7 +71,8 @@ class Accountant:
     def collect(self, spans: Iterable[Span], now: float, stats: AccountingStats | None = None) -> list[Increment]:
         stats = stats if stats is not None else AccountingStats()
         # Group by raw values; ids are encoded once per group, not per span.
-        groups: dict[tuple[int, int, tuple[str, ...]], list] = {}
+        # Per tracepipe tenant: two tenants' equal ids never share a counter.
+        groups: dict[tuple[int, int, str, tuple[str, ...]], list] = {}
         plan = [(bi, b, b.clock, b.dims, b.tier_attribute) for bi, b in enumerate(self.budgets)]
         extractors = [(d, DIM_EXTRACTORS[d]) for d in self._dims]
         horizon = now + self.max_future_skew
@@ -97,6 +99,7 @@ class Accountant:
                 if ts > horizon:
                     ts = now
             values = {d: fn(span) for d, fn in extractors}
+            tenant = tenant_of(span)
             for bi, _b, clock, dims, tier_attr in plan:
                 vals = tuple([values[d] for d in dims])
                 if None in vals:
@@ -105,7 +108,7 @@ class Accountant:
                 if end + grace <= now:  # its period is gone: late spend still counts, in the current period
                     start = clock.window(now)[0]
                     late += 1
-                gk = (bi, start, vals)
+                gk = (bi, start, tenant, vals)
                 acc = groups.get(gk)
                 if acc is None:
                     acc = groups[gk] = [0, 0, 0, None]
@@ -118,14 +121,14 @@ class Accountant:
         stats.priced_spans += priced
         stats.late_spans += late
         out: list[Increment] = []
-        for (bi, start, vals), (nusd, tokens, n, tier) in groups.items():
+        for (bi, start, tenant, vals), (nusd, tokens, n, tier) in groups.items():
             b = self.budgets[bi]
             _s, end = b.clock.window(start)
             expire_at = end + self.key_grace
             id_ = encode_id(vals)
             out.append(
                 Increment(
-                    key=self.layout.counter(b.name, start, id_),
+                    key=self.layout.counter(b.name, start, id_, tenant),
                     budget=b,
                     scope_id=id_,
                     period_start=start,
@@ -136,6 +139,7 @@ class Accountant:
                     spans=n,
                     limit=b.limit_for(id_, tier),
                     tier=tier or "",
+                    tenant=tenant,
                 )
             )
         return out

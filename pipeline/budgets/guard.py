@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from pipeline.budgets.config import SCOPE_ALIASES, BudgetsSinkConfig, RedisConfig
 from pipeline.budgets.model import Budget, CounterState, KeyLayout, build_budgets, encode_id, to_nano
 from pipeline.budgets.status import BudgetStatus, is_exceeded, make_status, window_now
+from pipeline.tenants import DEFAULT_TENANT
 
 F = TypeVar("F", bound=Callable[..., Any])
 ScopeValue = str | Callable[[Mapping[str, Any]], str | None] | None
@@ -101,6 +102,7 @@ class BudgetGuard:
         fail_open: bool = True,
         definitions_ttl: float = 10.0,
         clock: Callable[[], float] = time.time,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         if redis is None and redis_url is not None:
             redis = RedisConfig(url=redis_url)
@@ -123,6 +125,7 @@ class BudgetGuard:
         self.fail_open = fail_open
         self.definitions_ttl = definitions_ttl
         self.clock = clock
+        self.tenant = tenant  # the tracepipe tenant whose counters are read (its ingest token's)
 
     # --- clients ---------------------------------------------------------------------
 
@@ -268,7 +271,7 @@ class BudgetGuard:
         return self._defs
 
     def _plan(self, budgets: list[Budget], values: dict[str, str]) -> list[PlannedCheck]:
-        return plan_checks(budgets, self.layout, values, self.clock())
+        return plan_checks(budgets, self.layout, values, self.clock(), self.tenant)
 
     def _decide(
         self,
@@ -295,6 +298,8 @@ class BudgetGuard:
             params["estimated_usd"] = estimated_usd
         if estimated_tokens:
             params["estimated_tokens"] = estimated_tokens
+        if self.tenant != DEFAULT_TENANT:
+            params["as_tenant"] = self.tenant  # a read token's own tenant wins; an admin's picks this one
         url = f"{self.api_url}/api/budgets/check?{urllib.parse.urlencode(params)}"
         try:
             headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
@@ -324,15 +329,18 @@ class BudgetGuard:
 PlannedCheck = tuple[Budget, str, str, int, int]  # budget, id, counter key, period start, period end
 
 
-def plan_checks(budgets: list[Budget], layout: KeyLayout, values: dict[str, str], now: float) -> list[PlannedCheck]:
-    """The budgets a call naming `values` (dimension -> id) falls under, and their current counters' keys."""
+def plan_checks(
+    budgets: list[Budget], layout: KeyLayout, values: dict[str, str], now: float, tenant: str = DEFAULT_TENANT
+) -> list[PlannedCheck]:
+    """The budgets a call naming `values` (dimension -> id) falls under, and the keys of `tenant`'s
+    current counters."""
     plan = []
     for b in budgets:
         if not all(d in values for d in b.dims):
             continue
         id_ = encode_id(tuple(values[d] for d in b.dims))
         start, end = window_now(b, now)
-        plan.append((b, id_, layout.counter(b.name, start, id_), start, end))
+        plan.append((b, id_, layout.counter(b.name, start, id_, tenant), start, end))
     return plan
 
 

@@ -3,11 +3,16 @@
 Keys (a Redis hash per budget, period and id; the budget name is the Cluster hash tag):
 
     <prefix>:{<budget>}:<period start, epoch s>:<id>   fields: nusd (nano-USD, integer),
+    <prefix>:{<budget>}:<period start>:<tenant>#<id>   the same for a tenant other than "default"
         tok (tokens), n (spans), lu / lt (limit in nano-USD / tokens, -1 = none),
         tier, a:<threshold> (set once when that threshold was crossed)
     <prefix>:{<budget>}:idem:<sink id>:<batch id>      a batch already applied (per budget
         group in Cluster mode; `<prefix>:idem:...` otherwise)
     <prefix>:defs                                      hash: budget name -> JSON definition
+
+Counters are per tracepipe tenant (pipeline/tenants.py): two tenants with the same user id never
+share one; tenant "default" keeps the single-tenant key, so existing counters carry on. `#` never
+appears in an encoded id or tenant, so the tenant part is unambiguous (`split_counter_key`).
 
 Counters expire `key_grace` seconds after their period ends. Money is counted in
 integer nano-USD so concurrent increments add up exactly.
@@ -24,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from pipeline.budgets.config import GLOBAL_ID, BudgetConfig, BudgetsSinkConfig, Limit, parse_scope, scope_name
 from pipeline.budgets.periods import PeriodClock
+from pipeline.tenants import DEFAULT_TENANT
 
 NANO = 1_000_000_000
 NO_LIMIT = -1
@@ -178,8 +184,24 @@ def budget_from_config(name: str, b: BudgetConfig, cfg: BudgetsSinkConfig) -> Bu
 class KeyLayout:
     prefix: str
 
-    def counter(self, budget: str, period_start: int, id_: str) -> str:
-        return f"{self.prefix}:{{{budget}}}:{period_start}:{id_}"
+    def counter(self, budget: str, period_start: int, id_: str, tenant: str = DEFAULT_TENANT) -> str:
+        if tenant == DEFAULT_TENANT:
+            return f"{self.prefix}:{{{budget}}}:{period_start}:{id_}"
+        return f"{self.prefix}:{{{budget}}}:{period_start}:{quote(tenant, safe='')}#{id_}"
+
+    def split_counter(self, key: str) -> tuple[str, int, str, str] | None:
+        """A counter key as (budget, period start, tenant, id); None for other keys."""
+        head = f"{self.prefix}:{{"
+        if not key.startswith(head):
+            return None
+        name, sep, tail = key[len(head) :].partition("}:")
+        start_s, _, rest = tail.partition(":")
+        if not sep or not start_s.isdigit() or not rest:
+            return None
+        tenant_part, hash_, id_ = rest.partition("#")
+        if not hash_:
+            return name, int(start_s), DEFAULT_TENANT, rest
+        return name, int(start_s), unquote(tenant_part), id_
 
     def idem(self, sink_id: str, batch_id: str, budget: str | None = None) -> str:
         token = batch_token(sink_id, batch_id)
@@ -233,6 +255,7 @@ class Increment:
     spans: int
     limit: ResolvedLimit
     tier: str
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pipeline.budgets.config import BudgetsSinkConfig
 from pipeline.budgets.model import Budget, KeyLayout, build_budgets
 from pipeline.budgets.status import BudgetStatus, read_status, resolve_query
 from pipeline.budgets.store import BudgetStore, Clock, LocalBudgetStore, RedisBudgetStore
+from pipeline.tenants import DEFAULT_TENANT
 
 SINK_TYPE = "budgets"
 
@@ -68,12 +69,14 @@ class BudgetRegistry:
             if isinstance(e.store, LocalBudgetStore):
                 await e.store.start()
 
-    async def status(self, scope: str, id_: str, tier: str | None = None) -> list[BudgetStatus]:
-        """Every budget of `scope` for `id_` (ValueError on a bad query; StoreUnavailable)."""
+    async def status(
+        self, scope: str, id_: str, tier: str | None = None, tenant: str = DEFAULT_TENANT
+    ) -> list[BudgetStatus]:
+        """Every budget of `scope` for `id_` of `tenant` (ValueError on a bad query; StoreUnavailable)."""
         now = self.clock()
         out: list[BudgetStatus] = []
         for e in self.entries.values():
-            out.extend(await read_status(e.store, e.budgets, scope, id_, now, tier))
+            out.extend(await read_status(e.store, e.budgets, scope, id_, now, tier, tenant))
         return out
 
     async def check(
@@ -82,15 +85,17 @@ class BudgetRegistry:
         tier: str | None = None,
         estimated_usd: float = 0.0,
         estimated_tokens: int = 0,
+        tenant: str = DEFAULT_TENANT,
     ) -> Any:
-        """The guard's decision (pipeline.budgets.guard.Decision) computed here, for `GET /api/budgets/check`."""
+        """The guard's decision (pipeline.budgets.guard.Decision) for `tenant`'s counters, computed here,
+        for `GET /api/budgets/check`."""
         from pipeline.budgets.guard import decide, plan_checks
 
         now = self.clock()
         plan = []
         counters = []
         for e in self.entries.values():
-            part = plan_checks(e.budgets, e.store.layout, values, now)
+            part = plan_checks(e.budgets, e.store.layout, values, now, tenant)
             plan.extend(part)
             counters.extend(await e.store.read([p[2] for p in part]))
         return decide(plan, counters, now, tier, estimated_usd, estimated_tokens)

@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.budgets.config import parse_scope, scope_name
 from pipeline.budgets.model import NANO, Budget, CounterState, KeyLayout, ResolvedLimit, decode_id, encode_id
 from pipeline.budgets.periods import iso, period_window
+from pipeline.tenants import DEFAULT_TENANT
 
 
 @dataclass
@@ -107,14 +108,22 @@ def make_status(
 
 
 async def read_status(
-    store: Any, budgets: list[Budget], scope: str, id_: str, now: float, tier: str | None = None
+    store: Any,
+    budgets: list[Budget],
+    scope: str,
+    id_: str,
+    now: float,
+    tier: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> list[BudgetStatus]:
-    """Status of `id_` in every budget of `scope`, current period. Raises ValueError on a bad query,
-    StoreUnavailable when the store cannot be read."""
+    """Status of `id_` of `tenant` in every budget of `scope`, current period. Raises ValueError on a
+    bad query, StoreUnavailable when the store cannot be read."""
     matches = resolve_query(budgets, scope, id_)
     layout: KeyLayout = store.layout
     windows = [window_now(b, now) for b, _ in matches]
-    keys = [layout.counter(b.name, start, bid) for (b, bid), (start, _e) in zip(matches, windows, strict=True)]
+    keys = [
+        layout.counter(b.name, start, bid, tenant) for (b, bid), (start, _e) in zip(matches, windows, strict=True)
+    ]
     counters = await store.read(keys)
     return [
         make_status(b, bid, c, start, end, now, tier)

@@ -30,6 +30,7 @@ _COMMAND_MODULES: list[str] = [
     "run",
     "validate",
     "query",
+    "forget",
     "budgets",
     "distributed",
     "alerts",

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from pipeline.cli.options import config_options, load_or_exit, token_option
+from pipeline.tenants import DEFAULT_TENANT
 
 
 @click.group("budgets")
@@ -26,6 +27,8 @@ def budgets() -> None:
 @click.argument("id_", metavar="ID")
 @config_options
 @click.option("--tier", help="Tier used for the limit of an id that has not spent anything yet.")
+@click.option("--tenant", help="The tracepipe tenant whose counters to read (default: 'default'; through the API "
+              "a read token always reads its own).")
 @click.option("--api-url", metavar="URL", help="Ask this API (http://host:8081) for embedded local budgets.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @token_option
@@ -35,6 +38,7 @@ def show(
     config_path: str | None,
     data_dir: str | None,
     tier: str | None,
+    tenant: str | None,
     api_url: str | None,
     as_json: bool,
 ) -> None:
@@ -49,12 +53,12 @@ def show(
     rows: list[dict[str, Any]] | None = None
     has_local = any(isinstance(e.store, LocalBudgetStore) for e in registry.entries.values())
     if has_local or api_url:
-        rows = _from_api(cfg, scope, id_, tier, api_url)
+        rows = _from_api(cfg, scope, id_, tier, api_url, tenant)
 
     async def direct() -> list[dict[str, Any]]:
         try:
             await registry.start()
-            return [s.to_json() for s in await registry.status(scope, id_, tier)]
+            return [s.to_json() for s in await registry.status(scope, id_, tier, tenant=tenant or DEFAULT_TENANT)]
         finally:
             await registry.close()
 
@@ -73,14 +77,16 @@ def show(
     click.echo(format_table(rows))
 
 
-def _from_api(cfg: Any, scope: str, id_: str, tier: str | None, api_url: str | None) -> list[dict[str, Any]] | None:
+def _from_api(
+    cfg: Any, scope: str, id_: str, tier: str | None, api_url: str | None, tenant: str | None = None
+) -> list[dict[str, Any]] | None:
     from urllib.parse import quote
 
     from pipeline.cli.query import ApiUnreachable, QueryFailed, _api_get
 
     path = f"/api/budgets/{quote(scope, safe='+')}/{quote(id_, safe='/@')}"
     try:
-        answer = _api_get(cfg, path, {"tier": tier}, api_url)
+        answer = _api_get(cfg, path, {"tier": tier, "as_tenant": tenant}, api_url)
     except QueryFailed as e:
         raise click.ClickException(e.args[0]) from None
     except ApiUnreachable:

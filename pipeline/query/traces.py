@@ -372,12 +372,17 @@ class TraceQueries:
 
     # --- one trace -------------------------------------------------------------------
 
-    async def get_trace(self, trace_id: str) -> dict[str, Any] | None:
+    async def get_trace(self, trace_id: str, *, tenant: str | None = None) -> dict[str, Any] | None:
+        """One trace, or None when it is not stored (or belongs to another tenant than `tenant`)."""
         tid = normalize_trace_id(trace_id)
         params: dict[str, Any] = {"tid": tid, "max_spans": MAX_TRACE_SPANS}
+        only = ""
+        if tenant is not None:
+            params["tenant"] = tenant
+            only = " AND TenantId = {tenant:String}"
         bounds = await self._query(
             f"SELECT count(), toUnixTimestamp64Nano(min(Start)), toUnixTimestamp64Nano(max(End)) "
-            f"FROM {self.summary_table} WHERE TraceId = {{tid:String}}",
+            f"FROM {self.summary_table} WHERE TraceId = {{tid:String}}{only}",
             params,
         )
         window = ""
@@ -389,7 +394,7 @@ class TraceQueries:
                 " AND toDate(fromUnixTimestamp64Nano({hi:Int64}))"
             )
         rows = await self._query(
-            f"SELECT {_SPAN_COLUMNS} FROM {self.spans_table} WHERE TraceId = {{tid:String}}{window}"
+            f"SELECT {_SPAN_COLUMNS} FROM {self.spans_table} WHERE TraceId = {{tid:String}}{only}{window}"
             " ORDER BY Timestamp, SpanId LIMIT 1 BY SpanId LIMIT {max_spans:UInt32}",
             params,
         )
@@ -422,8 +427,10 @@ class TraceQueries:
         limit: int = 20,
         cursor: str | None = None,
         offset: int = 0,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
-        """Trace summaries newest first; `next` is the cursor of the following page (or None)."""
+        """Trace summaries newest first; `next` is the cursor of the following page (or None).
+        `tenant`: only that tenant's traces (None: every tenant)."""
         limit = int(limit)
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit: must be between 1 and {MAX_LIMIT}")
@@ -434,6 +441,12 @@ class TraceQueries:
         # Candidate traces: some summary row matches. Cheap to find, and every row of a candidate
         # is still aggregated, so HAVING judges whole traces.
         candidates: list[str] = []
+        rows_of = ""
+        if tenant is not None:
+            params["tenant"] = tenant
+            candidates.append("TenantId = {tenant:String}")
+            having.append("TraceTenant = {tenant:String}")
+            rows_of = "{} TenantId = {{tenant:String}}"  # only this tenant's summary rows count
         cutoff = self._cutoff(since)
         if cutoff is not None:
             params["cutoff"] = cutoff
@@ -484,7 +497,7 @@ SELECT TraceId,
     max(Feature) AS TraceFeature, max(UserId) AS TraceUser, max(TenantId) AS TraceTenant,
     max(SessionId) AS TraceSession
 FROM {self.summary_table}
-{self._candidates(candidates)}
+{self._candidates(candidates)}{rows_of.format(" AND" if candidates else "WHERE")}
 GROUP BY TraceId
 HAVING {" AND ".join(having)}
 ORDER BY StartNs DESC, TraceId DESC
@@ -545,21 +558,72 @@ LIMIT {{limit:UInt32}} OFFSET {{offset:UInt64}}"""
             nxt = encode_cursor(last["start_ns"], last["trace_id"])
         return {"traces": traces, "next": nxt}
 
+    # --- deletion --------------------------------------------------------------------
+
+    def _command(self, sql: str, params: dict[str, Any]) -> None:
+        if self._client is None:
+            self._client = self._client_factory()
+        # Lightweight DELETE, waited for: the rows are gone for every reader when this returns.
+        self._client.command(sql, parameters=params, settings={"lightweight_deletes_sync": 2, "mutations_sync": 2})
+
+    async def forget(self, request: Any) -> dict[str, int]:
+        """Delete what a `pipeline.deletion.ForgetRequest` names from the spans and summary tables;
+        returns the spans and traces (summaries) removed. A user's traces go whole: every trace with a
+        span whose UserId is the user."""
+        params: dict[str, Any] = {"v": request.value}
+        only = ""
+        if request.tenant is not None and request.kind != "tenant":
+            params["tenant"] = request.tenant
+            only = " AND TenantId = {tenant:String}"
+        if request.kind == "tenant":
+            where = "TenantId = {v:String}"
+        elif request.kind == "trace":
+            where = "TraceId = {v:String}" + only
+        else:
+            rows = await self._query(
+                f"SELECT DISTINCT TraceId FROM {self.spans_table} WHERE UserId = {{v:String}}{only}", params
+            )
+            params["ids"] = [r[0] for r in rows]
+            where = "TraceId IN {ids:Array(String)}" + only
+        counts = await self._query(
+            f"SELECT (SELECT count() FROM {self.spans_table} WHERE {where}),"
+            f" (SELECT uniqExact(TraceId) FROM {self.summary_table} WHERE {where})",
+            params,
+        )
+        spans, traces = (int(counts[0][0]), int(counts[0][1])) if counts else (0, 0)
+        loop = asyncio.get_running_loop()
+        for table, n in ((self.summary_table, traces), (self.spans_table, spans)):
+            if n:
+                await loop.run_in_executor(self._executor, self._command, f"DELETE FROM {table} WHERE {where}", params)
+        return {"spans": spans, "trace_summaries": traces}
+
     # --- spend -----------------------------------------------------------------------
 
-    async def cost_by(self, by: str = "model", since: str | None = "24h") -> list[dict[str, Any]]:
-        """Spend per group, most expensive first. `since` None means all stored data."""
+    async def cost_by(
+        self, by: str = "model", since: str | None = "24h", *, tenant: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Spend per group, most expensive first. `since` None means all stored data; `tenant`
+        limits it to that tenant's spans (None: every tenant)."""
         if by not in COST_DIMENSIONS:
             raise ValueError(f"by: must be one of {', '.join(COST_DIMENSIONS)}")
         cutoff = self._cutoff(since)
         params: dict[str, Any] = {"cutoff": cutoff if cutoff is not None else 0}
+        span_tenant = trace_tenant = ""
+        candidates = ["Start >= fromUnixTimestamp64Nano({cutoff:Int64})"] if cutoff is not None else []
+        if tenant is not None:
+            params["tenant"] = tenant
+            span_tenant = " AND TenantId = {tenant:String}"
+            trace_tenant = " AND max(TenantId) = {tenant:String}"
+            candidates.append("TenantId = {tenant:String}")
+        rows_of = " AND TenantId = {tenant:String}" if tenant is not None else ""
         if by in _SPAN_GROUP_EXPR:
             sql = f"""
 SELECT {_SPAN_GROUP_EXPR[by]} AS Grp, sum(CostUsd) AS Cost,
     sum(InputTokens), sum(OutputTokens), sum(CacheReadTokens), sum(CacheCreationTokens),
     count() AS Calls, uniqExact(TraceId), quantiles(0.5, 0.95)(Duration) AS Q
 FROM {self.spans_table}
-WHERE (RequestModel != '' OR ResponseModel != '') AND Timestamp >= fromUnixTimestamp64Nano({{cutoff:Int64}})
+WHERE (RequestModel != '' OR ResponseModel != '')
+    AND Timestamp >= fromUnixTimestamp64Nano({{cutoff:Int64}}){span_tenant}
 GROUP BY Grp
 ORDER BY Cost DESC NULLS LAST, Calls DESC, Grp"""
         else:
@@ -572,9 +636,9 @@ FROM (
         sum(CacheReadTokens) AS CrTok, sum(CacheCreationTokens) AS CcTok, sum(LlmCalls) AS Calls,
         toUnixTimestamp64Nano(min(Start)) AS StartNs, toUnixTimestamp64Nano(max(End)) - StartNs AS DurNs
     FROM {self.summary_table}
-    {self._candidates(["Start >= fromUnixTimestamp64Nano({cutoff:Int64})"] if cutoff is not None else [])}
+    {self._candidates(candidates)}{rows_of}
     GROUP BY TraceId
-    HAVING StartNs >= {{cutoff:Int64}}
+    HAVING StartNs >= {{cutoff:Int64}}{trace_tenant}
 )
 GROUP BY Grp
 ORDER BY TotalCost DESC NULLS LAST, TotalCalls DESC, Grp"""
