@@ -53,6 +53,7 @@ from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, Us
 from pydantic import Field, model_validator
 
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
+from pipeline.logs import safe_value
 from pipeline.spans import Attributes, SpanBatch, attr_float
 from processors.normalize import (
     CACHE_CREATION_TOKENS,
@@ -442,7 +443,10 @@ class CostProcessor(BaseProcessor):
             return self._resolve(provider, model)
         except Exception as exc:  # a price entry genai-prices cannot evaluate: unpriced, not a lost batch
             self.ctx.logger.warning(
-                "%s: cannot evaluate the price of model %r (%s)", self.component_id, model, type(exc).__name__
+                "%s: cannot evaluate the price of model %r (%s)",
+                self.component_id,
+                safe_value(model),
+                type(exc).__name__,
             )
             return None
 
@@ -504,7 +508,7 @@ class CostProcessor(BaseProcessor):
                 self.ctx.logger.warning(
                     "%s: no price for model %r; its spans are flagged %s (add an override to price it)",
                     self.component_id,
-                    model,
+                    safe_value(model),
                     COST_UNPRICED,
                 )
 

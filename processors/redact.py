@@ -90,6 +90,9 @@ class RedactConfig(ComponentConfig):
     rules: list[str] | None = Field(
         None, description="Rule ids to run (default: all built-in rules). See processors/redact_rules.py."
     )
+    categories: list[Literal["secret", "pii"]] | None = Field(
+        None, description="Run only the built-in rules of these categories (default: both; shipped configs: secret)."
+    )
     disable_rules: list[str] = Field(default_factory=list, description="Built-in rule ids to skip.")
     custom_rules: list[CustomRule] = Field(default_factory=list, description="Extra rules of your own.")
     default_action: Action = Field("mask", description="Action for rules without an entry in `actions`.")
@@ -298,7 +301,9 @@ class RedactProcessor(BaseProcessor):
         super().__init__(component_id, ctx)
         self.config = config
         selected = config.rules if config.rules is not None else [r.id for r in RULES]
+        cats = set(config.categories) if config.categories is not None else {"secret", "pii"}
         rules = [RULES_BY_ID[r] for r in selected if r not in set(config.disable_rules)]
+        rules = [r for r in rules if r.category in cats]
         rules += [
             Rule(
                 c.id,

@@ -119,6 +119,14 @@ def _plausible_grouping(groups: list[str], seps: set[str]) -> bool:
     return all(n == 4 for n in sizes[:-1]) and 1 <= sizes[-1] <= 4
 
 
+def card_text_ok(s: str) -> bool:
+    """A card number as people write it: card_ok, and grouped the way cards are grouped
+    ("4 3318 9758 9763" passes Luhn as a 13-digit Visa, but no one writes a card like that)."""
+    groups = _DIGIT_GROUP.findall(s)
+    seps = {x for x in re.split(r"\d+", s) if x}
+    return _plausible_grouping(groups, seps) and card_ok(s)
+
+
 def card_parts(s: str) -> list[tuple[int, int]]:
     """Valid card numbers inside a longer digit run, leftmost-longest, not overlapping.
 
@@ -539,7 +547,7 @@ RULES: tuple[Rule, ...] = (
         # Not glued to letters or digits: a digit run inside a hex digest passes Luhn 1 time in 10.
         # The run may be longer than a card: `parts` finds the card inside it.
         r"(?<![0-9A-Za-z.-])\d(?:[ -]?\d){12,79}(?![0-9A-Za-z-])",
-        validator=card_ok,
+        validator=card_text_ok,
         parts=card_parts,
         priority=45,
         source="ISO/IEC 7812 (IIN ranges) + Luhn",
