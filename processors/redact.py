@@ -207,7 +207,7 @@ class Prefilter:
         return starts, self.candidates(buffer, starts)
 
 
-_B64_PY = re.compile(rb"(?<=\x00)[A-Za-z0-9+/_-]{24,}={0,2}(?=\x00)")
+_B64_PY = re.compile(rb"(?<=\x00)[A-Za-z0-9+/_-]{12,}={0,2}(?=\x00)")
 _PREFILTERS: dict[tuple[Any, ...], Prefilter] = {}
 
 

@@ -15,7 +15,7 @@ of them get a normalised view (`unveil`), which is scanned again; each character
 view knows the range of the original it came from, so a finding in the view masks the
 original text it was made of (the escapes and invisible characters included).
 
-Whole-value base64 (`b64_text`): a value made only of base64 characters (24 or more) is
+Whole-value base64 (`b64_text`): a value made only of base64 characters (12 or more) is
 decoded; if the bytes are printable UTF-8 text, that text is scanned and any finding masks
 the whole value. Base64 *inside* a larger value is not decoded (images, ids and digests
 would make that costly and noisy).
@@ -67,7 +67,7 @@ PREFILTERS: tuple[tuple[str, str], ...] = (
     ("format_character", _cf_bytes_pattern()),
 )
 # A whole value of base64 characters, between the NUL separators of the batch buffer.
-B64_PREFILTER = r"\x00[A-Za-z0-9+/_-]{24,}={0,2}\x00"
+B64_PREFILTER = r"\x00[A-Za-z0-9+/_-]{12,}={0,2}\x00"
 
 _TOKEN = re.compile(
     r"\\u([0-9A-Fa-f]{4})"
@@ -168,7 +168,7 @@ def map_back(starts: list[int], ends: list[int], a: int, b: int) -> tuple[int, i
     return starts[a], ends[b - 1]
 
 
-_B64_WHOLE = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
+_B64_WHOLE = re.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
 
 
 def b64_text(value: str) -> str | None:
