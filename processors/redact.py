@@ -38,7 +38,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import SpanBatch
-from processors.redact_disguise import B64_PREFILTER, b64_text, strip_format_chars, unveil
+from processors.redact_disguise import B64_PREFILTER, MAX_ROUNDS, b64_text, strip_format_chars, unveil
 from processors.redact_disguise import PREFILTERS as DISGUISE_PREFILTERS
 from processors.redact_rules import RULES, RULES_BY_ID, Rule
 
@@ -207,6 +207,7 @@ class Prefilter:
         return starts, self.candidates(buffer, starts)
 
 
+DISGUISE_KINDS = [name for name, _p in DISGUISE_PREFILTERS]
 _B64_PY = re.compile(rb"(?<=\x00)[A-Za-z0-9+/_-]{12,}={0,2}(?=\x00)")
 _PREFILTERS: dict[tuple[Any, ...], Prefilter] = {}
 
@@ -324,7 +325,7 @@ class RedactProcessor(BaseProcessor):
         ]
         self._allow = _globs_regex(config.allow_keys)
         self._deny = _globs_regex(config.deny_keys)
-        self._key_class: dict[str, int] = {}
+        self._key_class: dict[str, tuple[int, ShortResult]] = {}
         self._short: dict[str, ShortResult] = {}
         self._hash_key = config.hash_key.encode()
         telemetry = ctx.telemetry
@@ -332,9 +333,10 @@ class RedactProcessor(BaseProcessor):
 
     # --- keys ------------------------------------------------------------------------------
 
-    def _classify(self, key: str) -> int:
-        cls = self._key_class.get(key)
-        if cls is None:
+    def _classify(self, key: str) -> tuple[int, ShortResult]:
+        """(allow/deny/scan class, redacted form of the key or None when clean), cached per key."""
+        info = self._key_class.get(key)
+        if info is None:
             low = strip_format_chars(key).lower()  # an invisible character does not dodge deny_keys
             if self._deny is not None and self._deny.match(low):
                 cls = _KEY_DENY
@@ -342,10 +344,11 @@ class RedactProcessor(BaseProcessor):
                 cls = _KEY_ALLOW
             else:
                 cls = _KEY_SCAN
+            result = self._short_result(key) if len(key) >= MIN_VALUE_LEN else None
             if len(self._key_class) > _CACHE_LIMIT:  # high-cardinality keys: keep the cache bounded
                 self._key_class.clear()
-            self._key_class[key] = cls
-        return cls
+            info = self._key_class[key] = (cls, result)
+        return info
 
     # --- hashing ---------------------------------------------------------------------------
 
@@ -406,18 +409,16 @@ class RedactProcessor(BaseProcessor):
         renames: Renames,
     ) -> None:
         denied: list[str] | None = None
+        key_class = self._key_class
         for key, value in attrs.items():
-            cls = self._key_class.get(key)
-            if cls is None:
-                cls = self._classify(key)
-            if len(key) >= MIN_VALUE_LEN:
-                result = self._short.get(key, _MISSING)
-                if result is _MISSING:
-                    result = self._short_result(key)
-                if result is not None:
-                    for kind in result[1]:
-                        counts[kind] += 1
-                    renames.append((attrs, key, result[0]))
+            info = key_class.get(key)
+            if info is None:
+                info = self._classify(key)
+            cls, result = info
+            if result is not None:
+                for kind in result[1]:
+                    counts[kind] += 1
+                renames.append((attrs, key, result[0]))
             if cls == _KEY_SCAN:
                 tv = type(value)
                 if tv is str:
@@ -563,11 +564,11 @@ class RedactProcessor(BaseProcessor):
         nr = len(self.rules)
         rule_hits = [(pid, ends if ascii_only else None) for pid, ends in hits if pid < nr]
         found = self._findings(text, rule_hits) if rule_hits else []
-        if depth == 0 and any(pid in self.prefilter.disguise_ids for pid, _e in hits):
-            view = unveil(text)
+        kinds = [DISGUISE_KINDS[pid - nr] for pid, _e in hits if pid in self.prefilter.disguise_ids]
+        if depth < MAX_ROUNDS and kinds:  # the view's own disguises: found by its prefilter pass below
+            view = unveil(text, kinds, rounds=1)
             if view is not None:
-                vtext, vstarts, vends = view
-                extra = [(vstarts[s], vends[e - 1], ri, sec) for s, e, ri, sec in self._detect(vtext, depth + 1)]
+                extra = [(*view.span(s, e), ri, sec) for s, e, ri, sec in self._detect(view.text, depth + 1)]
                 if extra:
                     found = self._resolve(found + extra)
         if depth == 0 and not found and any(pid == self.prefilter.b64_id for pid, _e in hits):

@@ -15,10 +15,10 @@ of them get a normalised view (`unveil`), which is scanned again; each character
 view knows the range of the original it came from, so a finding in the view masks the
 original text it was made of (the escapes and invisible characters included).
 
-Whole-value base64 (`b64_text`): a value made only of base64 characters (12 or more) is
-decoded; if the bytes are printable UTF-8 text, that text is scanned and any finding masks
-the whole value. Base64 *inside* a larger value is not decoded (images, ids and digests
-would make that costly and noisy).
+Whole-value base64 (`b64_text`): a value made only of base64 characters (12 or more, a
+multiple of 4 long, mixed case) is decoded; if the bytes are printable UTF-8 text, that
+text is scanned and any finding masks the whole value. Base64 *inside* a larger value is
+not decoded (images, ids and digests would make that costly and noisy).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import html
 import re
 import sys
 import unicodedata
+from bisect import bisect_right
+from collections.abc import Iterable
 from functools import cache
 
 MAX_ROUNDS = 2  # a view is normalised again (double encoding) at most this many times
@@ -61,25 +63,59 @@ def _cf_bytes_pattern() -> str:
 
 # Byte patterns for the batch prefilter, one per disguise (their ids follow the rules').
 PREFILTERS: tuple[tuple[str, str], ...] = (
-    ("json_unicode_escape", r"\\u[0-9A-Fa-f]{4}"),
-    ("percent_encoding", r"%[0-9A-Fa-f]{2}"),
+    # Escapes of ASCII and of the common invisible characters only: JSON of non-Latin text
+    # (every character escaped) would otherwise make every such value a candidate.
+    ("json_unicode_escape", r"\\u00[0-7][0-9A-Fa-f]|\\u(?:00[aA][dD]|180[eE]|200[b-fB-F]|202[a-eA-E]|206[0-9a-fA-F]|[fF][eE][fF][fF])"),
+    # Not %20: a space is never part of a secret (URLs of search queries are full of them).
+    ("percent_encoding", r"%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[1-9A-Fa-f])"),
     ("html_entity", r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"),
     ("format_character", _cf_bytes_pattern()),
 )
 # A whole value of base64 characters, between the NUL separators of the batch buffer.
 B64_PREFILTER = r"\x00[A-Za-z0-9+/_-]{12,}={0,2}\x00"
 
-_TOKEN = re.compile(
-    r"\\u([0-9A-Fa-f]{4})"
-    r"|((?:%[0-9A-Fa-f]{2})+)"
-    r"|&(#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
-    r"|([" + _cf_class() + r"]+)"
-)
+_TOKEN_PARTS = {
+    "json_unicode_escape": r"\\u[0-9A-Fa-f]{4}",
+    "percent_encoding": r"(?:%[0-9A-Fa-f]{2})+",
+    "html_entity": r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});",
+    "format_character": "",  # filled below (the Cf class)
+}
+KINDS = tuple(_TOKEN_PARTS)
+
+
+_GROUP = {"json_unicode_escape": "u", "percent_encoding": "p", "html_entity": "h", "format_character": "f"}
+
+
+@cache
+def _token_regex(kinds: frozenset[str]) -> re.Pattern[str]:
+    """One regex for the disguises in `kinds`; each in its named group (u, p, h, f)."""
+    parts = []
+    for kind in KINDS:
+        if kind in kinds:
+            body = _TOKEN_PARTS[kind] if kind != "format_character" else "[" + _cf_class() + "]+"
+            parts.append(f"(?P<{_GROUP[kind]}>{body})")
+    return re.compile("|".join(parts) or "(?!x)x")
+
+
+def kinds_in(text: str) -> frozenset[str]:
+    """The disguises `text` may carry, by cheap substring tests (for a view's second round)."""
+    out = set()
+    if "\\u" in text:
+        out.add("json_unicode_escape")
+    if "%" in text:
+        out.add("percent_encoding")
+    if "&" in text and ";" in text:
+        out.add("html_entity")
+    if not text.isascii():
+        out.add("format_character")
+    return frozenset(out)
 
 
 def _percent_chars(run: str) -> list[tuple[str, int, int]]:
     """(char, start, end) in `run` for a run of %XX: UTF-8 where it decodes, else byte by byte."""
     raw = bytes.fromhex(run.replace("%", ""))
+    if raw.isascii():
+        return [(chr(b), 3 * i, 3 * i + 3) for i, b in enumerate(raw)]
     out: list[tuple[str, int, int]] = []
     i = 0
     while i < len(raw):
@@ -94,78 +130,105 @@ def _percent_chars(run: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def _unveil_once(text: str) -> tuple[str, list[int], list[int]] | None:
-    chars: list[str] = []
+class View:
+    """A normalised view of a text: `text`, and `span(a, b)`, the range of the original that the
+    view's [a, b) came from. Built from segments: a plain run maps one to one, a decoded token
+    (escape, entity, multi-byte percent sequence) maps each of its characters to the whole token."""
+
+    __slots__ = ("_starts", "_stride", "_vpos", "parent", "text")
+
+    def __init__(self, text: str, vpos: list[int], starts: list[int], stride: list[int], parent: View | None) -> None:
+        self.text = text
+        self._vpos = vpos  # view offset where each segment starts
+        self._starts = starts  # (original start, original end) of each segment, flat
+        # Original characters per view character: 1 plain, 3 an ASCII %XX run, 0 a token whose
+        # characters all map to the whole token (escape, entity, multi-byte percent sequence).
+        self._stride = stride
+        self.parent = parent
+
+    def _orig(self, i: int, end: bool) -> int:
+        k = bisect_right(self._vpos, i) - 1
+        a, b = self._starts[2 * k], self._starts[2 * k + 1]
+        stride = self._stride[k]
+        if stride:
+            return a + stride * (i - self._vpos[k] + (1 if end else 0))
+        return b if end else a
+
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        lo, hi = self._orig(a, False), self._orig(b - 1, True)
+        if self.parent is not None:
+            return self.parent.span(lo, hi)
+        return lo, hi
+
+
+def _unveil_once(text: str, kinds: frozenset[str], parent: View | None = None) -> View | None:
+    pieces: list[str] = []
+    vpos: list[int] = []
     starts: list[int] = []
-    ends: list[int] = []
+    plain: list[int] = []
+    pos = 0  # length of the view so far
     last = 0
+
+    def seg(piece: str, a: int, b: int, is_plain: bool, stride: int = 0) -> None:
+        nonlocal pos
+        if not piece:
+            return
+        pieces.append(piece)
+        vpos.append(pos)
+        starts.extend((a, b))
+        plain.append(1 if is_plain else stride)
+        pos += len(piece)
+
     changed = False
-    for m in _TOKEN.finditer(text):
+    for m in _token_regex(kinds).finditer(text):
         a, b = m.span()
-        for i in range(last, a):
-            chars.append(text[i])
-            starts.append(i)
-            ends.append(i + 1)
+        if a > last:
+            seg(text[last:a], last, a, True)
         last = b
-        if m.group(1) is not None:
-            chars.append(chr(int(m.group(1), 16)))
-            starts.append(a)
-            ends.append(b)
+        group = m.lastgroup
+        token = m.group(0)
+        if group == "u":
+            seg(chr(int(token[2:], 16)), a, b, False)
             changed = True
-        elif m.group(2) is not None:
-            for ch, s, e in _percent_chars(m.group(2)):
-                chars.append(ch)
-                starts.append(a + s)
-                ends.append(a + e)
+        elif group == "p":
+            raw = bytes.fromhex(token.replace("%", ""))
+            if raw.isascii():  # one segment, three original characters per view character
+                seg(raw.decode("ascii"), a, b, False, 3)
+            else:
+                for ch, s, e in _percent_chars(token):
+                    seg(ch, a + s, a + e, False)
             changed = True
-        elif m.group(3) is not None:
-            token = m.group(0)
+        elif group == "h":
             decoded = html.unescape(token)
             if decoded == token:
-                for i in range(a, b):
-                    chars.append(text[i])
-                    starts.append(i)
-                    ends.append(i + 1)
+                seg(token, a, b, True)
             else:
-                for ch in decoded:
-                    chars.append(ch)
-                    starts.append(a)
-                    ends.append(b)
+                seg(decoded, a, b, False)
                 changed = True
-        else:  # format characters: removed from the view
+        else:  # format characters: removed from the view (a finding around them covers them)
             changed = True
-            if ends:
-                ends[-1] = b  # a finding ending just before them covers them
     if not changed:
         return None
-    for i in range(last, len(text)):
-        chars.append(text[i])
-        starts.append(i)
-        ends.append(i + 1)
-    return "".join(chars), starts, ends
+    if last < len(text):
+        seg(text[last:], last, len(text), True)
+    return View("".join(pieces), vpos, starts, plain, parent)
 
 
-def unveil(text: str) -> tuple[str, list[int], list[int]] | None:
-    """The normalised view of `text`, with per character the [start, end) of the original it
-    came from; None when there is nothing to normalise. Double encodings are undone up to
-    MAX_ROUNDS times (e.g. `%5Cu0073` -> `\\u0073` -> `s`)."""
-    view = _unveil_once(text)
+def unveil(text: str, kinds: Iterable[str] | None = None, rounds: int = MAX_ROUNDS) -> View | None:
+    """The normalised view of `text` (see View); None when there is nothing to normalise.
+    `kinds`: the disguises to undo (the batch prefilter says which may be there; default:
+    found by `kinds_in`). Double encodings are undone up to MAX_ROUNDS times
+    (`%5Cu0073` -> `\\u0073` -> `s`)."""
+    view = _unveil_once(text, frozenset(kinds) if kinds is not None else kinds_in(text))
     if view is None:
         return None
-    out, starts, ends = view
-    for _ in range(MAX_ROUNDS - 1):
-        again = _unveil_once(out)
+    for _ in range(rounds - 1):
+        again_kinds = kinds_in(view.text)
+        again = _unveil_once(view.text, again_kinds, view) if again_kinds else None
         if again is None:
             break
-        out, s2, e2 = again
-        starts = [starts[i] for i in s2]
-        ends = [ends[i - 1] for i in e2]
-    return out, starts, ends
-
-
-def map_back(starts: list[int], ends: list[int], a: int, b: int) -> tuple[int, int]:
-    """The original range of the view's [a, b)."""
-    return starts[a], ends[b - 1]
+        view = again
+    return view
 
 
 _B64_WHOLE = re.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
@@ -173,11 +236,11 @@ _B64_WHOLE = re.compile(r"[A-Za-z0-9+/_-]{12,}={0,2}")
 
 def b64_text(value: str) -> str | None:
     """The text a whole-value base64 string encodes, if it is printable UTF-8; else None."""
-    if not _B64_WHOLE.fullmatch(value):
+    # Encoders pad to a multiple of 4 (unpadded url-safe values too, when their length fits),
+    # and base64 of text mixes cases: ids, digests and model names are ruled out cheaply.
+    if len(value) % 4 or value.islower() or value.isupper() or not _B64_WHOLE.fullmatch(value):
         return None
     body = value.rstrip("=")
-    if len(body) % 4 == 1:
-        return None
     try:
         if "-" in body or "_" in body:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))

@@ -113,7 +113,7 @@ def survives(c: Canary, out: str) -> bool:
     """The secret is still readable in `out`: plainly, JSON-escaped, or after undoing disguises."""
     forms = {c.secret, json.dumps(c.secret)[1:-1]}
     view = unveil(out)
-    texts = [out] if view is None else [out, view[0]]
+    texts = [out] if view is None else [out, view.text]
     texts += [t for t in map(b64_text, out.split()) if t is not None]
     return any(f in t for f in forms for t in texts)
 
