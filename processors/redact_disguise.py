@@ -65,7 +65,10 @@ def _cf_bytes_pattern() -> str:
 PREFILTERS: tuple[tuple[str, str], ...] = (
     # Escapes of ASCII and of the common invisible characters only: JSON of non-Latin text
     # (every character escaped) would otherwise make every such value a candidate.
-    ("json_unicode_escape", r"\\u00[0-7][0-9A-Fa-f]|\\u(?:00[aA][dD]|180[eE]|200[b-fB-F]|202[a-eA-E]|206[0-9a-fA-F]|[fF][eE][fF][fF])"),
+    (
+        "json_unicode_escape",
+        r"\\u00[0-7][0-9A-Fa-f]|\\u(?:00[aA][dD]|180[eE]|200[b-fB-F]|202[a-eA-E]|206[0-9a-fA-F]|[fF][eE][fF][fF])",
+    ),
     # Not %20: a space is never part of a secret (URLs of search queries are full of them).
     ("percent_encoding", r"%(?:[013-9A-Fa-f][0-9A-Fa-f]|2[1-9A-Fa-f])"),
     ("html_entity", r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"),
