@@ -24,14 +24,17 @@ INTERNAL_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class LabelGuard:
-    """Caps the number of distinct values a label may take, and their length (a longer value
-    is no model or service name); the rest become "other"."""
+    """Caps the number of distinct values a label may take; the rest become "other".
+    Each admitted value is redacted and cut to `max_length` characters first
+    (pipeline.logs.safe_value): a label never carries a secret or a long raw value. A value
+    longer than `max_value_chars` is no model or service name: it becomes "other" unscanned."""
 
     max_value_chars = 256
 
-    def __init__(self, limit: int = 200) -> None:
+    def __init__(self, limit: int = 200, max_length: int = 64) -> None:
         self.limit = limit
-        self._seen: dict[str, set[str]] = {}
+        self.max_length = max_length
+        self._seen: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, label: str, value: str | None) -> str:
@@ -40,16 +43,21 @@ class LabelGuard:
         if len(value) > self.max_value_chars:
             return "other"
         seen = self._seen.get(label)
-        if seen is not None and value in seen:
-            return value
+        if seen is not None:
+            safe = seen.get(value)
+            if safe is not None:
+                return safe
         with self._lock:
-            seen = self._seen.setdefault(label, set())
-            if value in seen:
-                return value
+            seen = self._seen.setdefault(label, {})
+            safe = seen.get(value)
+            if safe is not None:
+                return safe
             if len(seen) >= self.limit:
                 return "other"
-            seen.add(value)
-            return value
+            from pipeline.logs import safe_value
+
+            safe = seen[value] = safe_value(value, self.max_length)
+            return safe
 
 
 class Telemetry:

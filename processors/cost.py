@@ -53,7 +53,7 @@ from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, Us
 from pydantic import Field, model_validator
 
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
-from pipeline.logs import truncate_for_log
+from pipeline.logs import safe_value
 from pipeline.spans import Attributes, SpanBatch, attr_float
 from processors.normalize import (
     CACHE_CREATION_TOKENS,
@@ -454,9 +454,9 @@ class CostProcessor(BaseProcessor):
             return self._resolve(provider, model)
         except Exception as exc:  # a price entry genai-prices cannot evaluate: unpriced, not a lost batch
             self.ctx.logger.warning(
-                "%s: cannot evaluate the price of model %s (%s)",
+                "%s: cannot evaluate the price of model %r (%s)",
                 self.component_id,
-                truncate_for_log(model),
+                safe_value(model),
                 type(exc).__name__,
             )
             return None
@@ -517,9 +517,9 @@ class CostProcessor(BaseProcessor):
             if model not in self._logged_unpriced and len(self._logged_unpriced) < self.config.cache_size:
                 self._logged_unpriced.add(model)
                 self.ctx.logger.warning(
-                    "%s: no price for model %s; its spans are flagged %s (add an override to price it)",
+                    "%s: no price for model %r; its spans are flagged %s (add an override to price it)",
                     self.component_id,
-                    truncate_for_log(model),
+                    safe_value(model),
                     COST_UNPRICED,
                 )
 

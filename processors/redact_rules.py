@@ -43,6 +43,9 @@ class Rule:
     prefilter: str | None = None
     # The match can be longer than the search window around a prefilter hit: search whole values.
     unbounded: bool = False
+    # When the validator rejects a match: the (start, end) parts of it to validate instead
+    # (a card number preceded or followed by other digits: "qty 2 4111 1111 1111 1111").
+    parts: Callable[[str], list[tuple[int, int]]] | None = None
     regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,57 @@ def card_ok(s: str) -> bool:
     if not 13 <= len(digits) <= 19:
         return False
     return bool(_CARD_PREFIX.match(digits)) and luhn_ok(digits)
+
+
+_DIGIT_GROUP = re.compile(r"\d+")
+
+
+def _plausible_grouping(groups: list[str], seps: set[str]) -> bool:
+    """How card numbers are written: one run, 4-4-4-4(-1..3) groups, or Amex/Diners 4-6-5 / 4-6-4."""
+    if len(groups) == 1:
+        return True
+    if len(seps) != 1:
+        return False
+    sizes = [len(g) for g in groups]
+    if sizes in ([4, 6, 5], [4, 6, 4]):
+        return True
+    return all(n == 4 for n in sizes[:-1]) and 1 <= sizes[-1] <= 4
+
+
+def card_text_ok(s: str) -> bool:
+    """A card number as people write it: card_ok, and grouped the way cards are grouped
+    ("4 3318 9758 9763" passes Luhn as a 13-digit Visa, but no one writes a card like that)."""
+    groups = _DIGIT_GROUP.findall(s)
+    seps = {x for x in re.split(r"\d+", s) if x}
+    return _plausible_grouping(groups, seps) and card_ok(s)
+
+
+def card_parts(s: str) -> list[tuple[int, int]]:
+    """Valid card numbers inside a longer digit run, leftmost-longest, not overlapping.
+
+    Only whole digit groups are tried (a part starts and ends at a separator), written as cards
+    are written (`_plausible_grouping`): "2 4111 1111 1111 1111" yields the card, while a digit
+    run glued inside a longer run or a hex digest never does."""
+    groups = [(m.start(), m.end()) for m in _DIGIT_GROUP.finditer(s)]
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(groups):
+        found = None
+        for j in range(min(len(groups), i + 8) - 1, i - 1, -1):
+            a, b = groups[i][0], groups[j][1]
+            digits = sum(e - f for f, e in groups[i : j + 1])
+            if not 13 <= digits <= 19:
+                continue
+            seps = {s[groups[k][1] : groups[k + 1][0]] for k in range(i, j)}
+            if _plausible_grouping([s[f:e] for f, e in groups[i : j + 1]], seps) and card_ok(s[a:b]):
+                found = (a, b, j)
+                break
+        if found is None:
+            i += 1
+        else:
+            out.append(found[:2])
+            i = found[2] + 1
+    return out
 
 
 # IBAN lengths by country (ISO 13616 registry, the common subset); others: 15..34.
@@ -491,8 +545,10 @@ RULES: tuple[Rule, ...] = (
         "credit_card",
         "pii",
         # Not glued to letters or digits: a digit run inside a hex digest passes Luhn 1 time in 10.
-        r"(?<![0-9A-Za-z.-])\d(?:[ -]?\d){12,18}(?![0-9A-Za-z-])",
-        validator=card_ok,
+        # The run may be longer than a card: `parts` finds the card inside it.
+        r"(?<![0-9A-Za-z.-])\d(?:[ -]?\d){12,79}(?![0-9A-Za-z-])",
+        validator=card_text_ok,
+        parts=card_parts,
         priority=45,
         source="ISO/IEC 7812 (IIN ranges) + Luhn",
         prefilter=r"\d(?:[ -]?\d){12}",

@@ -4,8 +4,11 @@ Per batch it aggregates spans by (service, model, operation, status) and updates
 - tracepipe_spans_total, tracepipe_span_duration_seconds (histogram), for every span;
 - tracepipe_llm_calls_total, tracepipe_llm_cost_usd_total, tracepipe_llm_tokens_total{type},
   for GenAI spans (those carrying a model).
-Labels never include user, session or trace ids; model and operation values are capped
-(`service.metrics` label guard) and the excess folds into "other".
+Labels never include user, session or trace ids, nor span names. `operation` is the span's
+gen_ai.operation.name when it is one of the semantic conventions' values (`GENAI_OPERATIONS`),
+else "other". Model, provider and service values pass the label guard: redacted (the redact
+rules, whatever the chain did), cut to 64 characters, capped in number (`service.metrics`
+label limit), the excess folding into "other".
 
 The exposition itself is served by the runtime on `service.metrics.endpoint`. Metrics
 are process-local counters, so a redelivered batch in the distributed runtime counts
@@ -30,14 +33,21 @@ _TOKEN_KEYS = (
 _STATUS = {STATUS_ERROR: "error", STATUS_OK: "ok"}
 
 
+# The well-known values of gen_ai.operation.name (OTel GenAI semantic conventions): the only
+# `operation` label values besides "other".
+GENAI_OPERATIONS = frozenset(
+    {"chat", "text_completion", "embeddings", "generate_content", "execute_tool", "create_agent", "invoke_agent"}
+)
+
+
+def operation_label(value: object) -> str:
+    """The `operation` label of a span: its GenAI operation name, or "other"."""
+    return value if isinstance(value, str) and value in GENAI_OPERATIONS else "other"
+
+
 class PrometheusSinkConfig(ComponentConfig):
     all_spans: bool = Field(
         True, description="Count and time every span; false limits the metrics to GenAI spans (with a model)."
-    )
-    operation_from_span_name: bool = Field(
-        True,
-        description="Use the span name as `operation` when gen_ai.operation.name is absent "
-        "(span names should be low-cardinality; excess values fold into `other`).",
     )
 
 
@@ -66,15 +76,13 @@ class PrometheusSink(BaseSink):
         llm_cost: dict[tuple[str, str, str, str], float] = defaultdict(float)
         llm_tokens: dict[tuple[str, str, str, str, str], float] = defaultdict(float)
         all_spans = self.cfg.all_spans
-        from_name = self.cfg.operation_from_span_name
         for span in batch.spans:
             a = span.attributes
             model = a.get("gen_ai.response.model") or a.get("gen_ai.request.model")
             if not model and not all_spans:
                 continue
             service = guard("service", span.resource.service_name)
-            op = a.get("gen_ai.operation.name") or (span.name if from_name else "span")
-            operation = guard("operation", str(op))
+            operation = operation_label(a.get("gen_ai.operation.name"))
             model_l = guard("model", str(model)) if model else "none"
             status = _STATUS.get(span.status_code, "unset")
             counts[(service, model_l, operation, status)] += 1

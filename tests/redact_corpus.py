@@ -5,9 +5,11 @@ nothing here is a real credential (random strings of the issuers' formats)."""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import random
 import string
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 
@@ -21,6 +23,8 @@ class Canary:
     type: str  # expected rule id
     secret: str  # the text that must not survive
     text: str  # the secret inside its context
+    phrase: str = ""  # the secret in its shortest context (for names, keys, scope, trace_state)
+    disguise: str = ""  # how the text was disguised ("" = plainly)
 
 
 def _r(rng: random.Random, alphabet: str, n: int) -> str:
@@ -157,6 +161,8 @@ PROMPT_TEMPLATES = [
 ]
 
 
+_NON_ASCII = ["Grüße aus München", "café crème", "日本語のテキスト", "emoji 😀 test", "Ελληνικά", "naïve résumé"]
+
 FILLER = (
     "The quarterly report shows revenue grew 12% year over year, driven mostly by the enterprise tier. "
     "Churn stayed flat at 2.1%, while the median deal size rose to $48,200. The team recommends expanding "
@@ -172,8 +178,55 @@ def canaries(seed: int, per_type: int = 3) -> list[Canary]:
             template = rng.choice(PROMPT_TEMPLATES)
             body = template.replace("{x}", phrase).replace("{{", "{").replace("}}", "}")
             pad = FILLER * rng.randrange(3, 12)
-            out.append(Canary(kind, secret, pad + body + "\n" + pad))
+            out.append(Canary(kind, secret, pad + body + "\n" + pad, phrase))
     return out
+
+
+# --- disguises ---------------------------------------------------------------------------
+
+FORMAT_CHARS = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u2062", "\u180e"]
+DISGUISES = ("zero_width", "json_unicode_escape", "percent_encoding", "html_entity", "base64_whole")
+
+
+def disguise(kind: str, text: str, secret: str, rng: random.Random) -> str:
+    """`text` with its `secret` disguised one way (the rest of the text as it was)."""
+    i = text.index(secret)
+    if kind == "zero_width":
+        cut = i + max(1, len(secret) // 2)
+        return text[:cut] + rng.choice(FORMAT_CHARS) + text[cut:]
+    if kind == "json_unicode_escape":
+        # Message JSON (a JSON string, as gen_ai.input.messages travels) with the secret's first
+        # character written as a \uXXXX escape.
+        enc = json.dumps(text)[1:-1]
+        sec = json.dumps(secret)[1:-1]
+        j = enc.index(sec)
+        enc = enc[:j] + f"\\u{ord(sec[0]):04x}" + enc[j + 1 :]
+        return '[{"role": "user", "parts": [{"type": "text", "content": "' + enc + '"}]}]'
+    if kind == "percent_encoding":
+        return text[:i] + f"%{ord(secret[0]):02X}" + urllib.parse.quote(secret[1:], safe="") + text[i + len(secret) :]
+    if kind == "html_entity":
+        return text[:i] + f"&#{ord(secret[0])};" + html.escape(secret[1:]) + text[i + len(secret) :]
+    if kind == "base64_whole":
+        return base64.b64encode(text.encode()).decode()
+    raise ValueError(kind)
+
+
+def disguised_canaries(seed: int, per_type: int = 1) -> list[Canary]:
+    """Every canary type under every disguise (phrase-sized texts: the secret in its context)."""
+    rng = random.Random(seed)
+    out: list[Canary] = []
+    for _ in range(per_type):
+        for kind, secret, phrase in secrets_of_every_type(rng):
+            for d in DISGUISES:
+                out.append(Canary(kind, secret, disguise(d, phrase, secret, rng), phrase, d))
+    return out
+
+
+def card_after_number(rng: random.Random) -> tuple[str, str]:
+    """A card number preceded by another number, the case a greedy digit run used to miss."""
+    card = _luhn_complete(rng, rng.choice(["4", "51", "6011"]), 16)
+    grouped = " ".join(card[i : i + 4] for i in range(0, 16, 4))
+    return grouped, rng.choice([f"qty {rng.randrange(1, 9)} {grouped}", f"{rng.randrange(1, 99)} {grouped} thanks"])
 
 
 def _code_snippets(rng: random.Random) -> list[str]:
@@ -243,5 +296,14 @@ def clean_values(seed: int, n: int = 3000) -> list[str]:
             f"{rng.randrange(10**3, 10**4)}-{rng.randrange(10)}"
         ),
         lambda: f"Phone model SM-G{rng.randrange(900, 999)}U, build {rng.randrange(10**7, 10**8)}",
+        # Clean values that carry what the disguise handling looks for.
+        lambda: json.dumps([{"role": "user", "content": rng.choice(_NON_ASCII) + FILLER[: rng.randrange(9, 99)]}]),
+        lambda: "https://www.google.com/search?q=" + urllib.parse.quote(rng.choice(_NON_ASCII) + " " + FILLER[:80]),
+        lambda: html.escape(f"<p>{FILLER[: rng.randrange(40, 200)]} &copy; Acme & Co</p>") + "&nbsp;&mdash;",
+        lambda: base64.b64encode(json.dumps({"id": rng.randrange(10**9), "q": FILLER[:60]}).encode()).decode(),
+        lambda: base64.urlsafe_b64encode(rng.randbytes(rng.randrange(18, 64))).decode().rstrip("="),
+        lambda: "\u200b".join(FILLER[: rng.randrange(30, 90)].split(" ")) + "\u00ad\ufeff",
+        lambda: f"qty {rng.randrange(1, 9)} " + " ".join(str(rng.randrange(1000, 10000)) for _ in range(3)),
+        lambda: " ".join(str(rng.randrange(100)) for _ in range(rng.randrange(10, 30))),  # a list of numbers
     ]
     return [rng.choice(makers)() for _ in range(n)]

@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from pipeline.auth.principal import ANONYMOUS, Principal
 from pipeline.auth.tenant import stamp_tenant
 from pipeline.config import OtlpReceiverConfig
-from pipeline.logs import truncate_for_log
+from pipeline.logs import safe_value
 from pipeline.memory import note_request
 from pipeline.otlp.limits import enforce_value_limits
 from pipeline.otlp.validate import count_spans, sanitize
@@ -92,7 +92,7 @@ class ExportHandler:
             self.log.debug(
                 "receiver %s: truncated %d value(s) and %d name(s) in %d span(s): %s",
                 self.receiver_id, cut.attribute_values, cut.names, cut.spans,
-                truncate_for_log(cut.flagged_keys),
+                ", ".join(safe_value(k, 64) for k in cut.flagged_keys),
             )
 
     def refuse(self, reason: str, spans: int) -> None:
