@@ -304,10 +304,7 @@ class ContextProcessor(BaseProcessor):
 
 
 def _has_root(spans: list[Span]) -> bool:
-    for s in spans:
-        if not s.parent_span_id:
-            return True
-    return False
+    return any(not s.parent_span_id for s in spans)
 
 
 factory = Factory(

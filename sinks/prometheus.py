@@ -4,6 +4,8 @@ Per batch it aggregates spans by (service, model, operation, status) and updates
 - tracepipe_spans_total, tracepipe_span_duration_seconds (histogram), for every span;
 - tracepipe_llm_calls_total, tracepipe_llm_cost_usd_total, tracepipe_llm_tokens_total{type},
   for GenAI spans (those carrying a model).
+`model` is the model identity (pipeline/semconv.py `model_of`: the request model, else the
+response model), the same name budgets, the API, the CLI and anomaly keys group by.
 Labels never include user, session or trace ids; model and operation values are capped
 (`service.metrics` label guard) and the excess folds into "other".
 
@@ -18,6 +20,7 @@ from collections import defaultdict
 
 from pydantic import Field
 
+from pipeline import semconv
 from pipeline.component import BaseSink, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import STATUS_ERROR, STATUS_OK, SpanBatch
 
@@ -69,7 +72,7 @@ class PrometheusSink(BaseSink):
         from_name = self.cfg.operation_from_span_name
         for span in batch.spans:
             a = span.attributes
-            model = a.get("gen_ai.response.model") or a.get("gen_ai.request.model")
+            model = semconv.model_of(a)
             if not model and not all_spans:
                 continue
             service = guard("service", span.resource.service_name)

@@ -18,7 +18,7 @@ from pipeline.cli.options import config_options, load_or_exit
 
 @click.group("budgets")
 def budgets() -> None:
-    """Live budgets: spend against limits per user, tenant, feature, model or service."""
+    """Live budgets: spend against limits per user, tenant, customer, session, feature, model or service."""
 
 
 @budgets.command("show")
