@@ -60,4 +60,5 @@ _OPTIONAL_ROUTE_MODULES: list[str] = [
     "analytics",
     "budgets",
     "alerts",
+    "sessions",
 ]

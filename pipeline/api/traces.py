@@ -1,7 +1,8 @@
 """GET /api/traces/{trace_id} (one trace: spans, tree, totals) and GET /api/traces (summaries).
 
-List parameters: service, model, user, status (ok|error|unset), min_cost (USD), since
-(15m, 24h, 7d), limit (1..1000, default 20), cursor (the `next` of the previous page).
+List parameters: service, model, user, session (session.id or gen_ai.conversation.id),
+status (ok|error|unset), min_cost (USD), since (15m, 24h, 7d), limit (1..1000, default 20),
+cursor (the `next` of the previous page).
 Bad parameters answer 400 with a message naming the parameter; an unknown trace 404; a
 process without a query store 503.
 """
@@ -20,7 +21,7 @@ from pipeline.query.traces import MAX_LIMIT, TRACE_STATUSES, normalize_trace_id,
 
 log = logging.getLogger("tracepipe.api")
 
-_LIST_PARAMS = {"service", "model", "user", "status", "min_cost", "since", "limit", "cursor"}
+_LIST_PARAMS = {"service", "model", "user", "session", "status", "min_cost", "since", "limit", "cursor"}
 
 
 def queries_or_error(request: web.Request) -> tuple[Any, web.Response | None]:
@@ -67,7 +68,7 @@ def parse_list_params(q: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(_LIST_PARAMS))})")
     kwargs: dict[str, Any] = {}
-    for key in ("service", "model", "user", "cursor"):
+    for key in ("service", "model", "user", "session", "cursor"):
         if q.get(key):
             kwargs[key] = q[key]
     if q.get("status"):

@@ -33,6 +33,7 @@ _COMMAND_MODULES: list[str] = [
     "budgets",
     "distributed",
     "alerts",
+    "sessions",
 ]
 
 for _name in _COMMAND_MODULES:
