@@ -63,7 +63,7 @@ class ContextConfig(ComponentConfig):
     max_traces: int = Field(50_000, gt=0, description="Traces held at most; beyond, the oldest are released.")
     max_spans: int = Field(500_000, gt=0, description="Spans held at most; beyond, the oldest traces are released.")
     remember_traces: int = Field(
-        100_000, gt=0, description="Released traces whose span context is kept for late spans (LRU)."
+        20_000, gt=0, description="Released traces whose span context is kept for late spans (LRU)."
     )
 
     @field_validator("keys")
@@ -127,27 +127,32 @@ class ContextProcessor(BaseProcessor):
             return batch
         now = self.clock()
         by_trace: dict[str, list[Span]] = {}
+        rooted: set[str] = set()
         for s in spans:
-            group = by_trace.get(s.trace_id)
+            tid = s.trace_id
+            group = by_trace.get(tid)
             if group is None:
-                by_trace[s.trace_id] = [s]
+                by_trace[tid] = [s]
             else:
                 group.append(s)
+            if not s.parent_span_id:
+                rooted.add(tid)
         out: list[Span] = []
         sources: set[str] = set()
         released = self._released
         bid = batch.batch_id
+        res_ctx: dict[int, Ctx] = {}  # resource -> its context values, once per batch
         for tid, group in by_trace.items():
             pending = buffer.get(tid)
             if pending is None:
                 known = released.get(tid)
                 if known is not None:  # late spans of a trace whose root went through
-                    self._resolve(tid, group, known)
+                    self._resolve(tid, group, known, res_ctx)
                     out.extend(group)
                     sources.add(bid)
                     continue
-                if _has_root(group):
-                    self._resolve(tid, group, None)
+                if tid in rooted:
+                    self._resolve(tid, group, None, res_ctx)
                     out.extend(group)
                     sources.add(bid)
                     continue
@@ -157,15 +162,15 @@ class ContextProcessor(BaseProcessor):
                 pending.spans.extend(group)
             pending.batches.add(bid)
             self._held_spans += len(group)
-            if _has_root(group):
+            if tid in rooted:
                 del buffer[tid]
-                self._release(tid, pending, out, sources, rooted=True)
+                self._release(tid, pending, out, sources, rooted=True, res_ctx=res_ctx)
         cfg = self.config
         early = 0
         while buffer and (len(buffer) > cfg.max_traces or self._held_spans > cfg.max_spans):
             tid, pending = buffer.popitem(last=False)
             early += 1
-            self._release(tid, pending, out, sources, rooted=False)
+            self._release(tid, pending, out, sources, rooted=False, res_ctx=res_ctx)
         if early:
             self._early.inc(early)
         while buffer:
@@ -173,18 +178,19 @@ class ContextProcessor(BaseProcessor):
             if pending.deadline > now:
                 break
             del buffer[tid]
-            self._release(tid, pending, out, sources, rooted=False)
+            self._release(tid, pending, out, sources, rooted=False, res_ctx=res_ctx)
         self._gauges()
         if not sources or sources == {bid}:
             return batch.with_spans(out)
         return SpanBatch(spans=out, batch_id=derived_batch_id(sources), meta=batch.meta)
 
-    def _release(self, tid: str, pending: _Pending, out: list[Span], sources: set[str], *, rooted: bool) -> None:
+    def _release(self, tid: str, pending: _Pending, out: list[Span], sources: set[str], *, rooted: bool,
+                 res_ctx: dict[int, Ctx] | None = None) -> None:
         spans = pending.spans
         self._held_spans -= len(spans)
         if not rooted:
             self._without_root.inc(len(spans))
-        self._resolve(tid, spans, None)
+        self._resolve(tid, spans, None, res_ctx if res_ctx is not None else {})
         out.extend(spans)
         sources |= pending.batches
 
@@ -194,21 +200,25 @@ class ContextProcessor(BaseProcessor):
 
     # --- resolution ------------------------------------------------------------------------
 
-    def _resolve(self, tid: str, spans: list[Span], known: dict[str, Ctx] | None) -> None:
+    def _resolve(self, tid: str, spans: list[Span], known: dict[str, Ctx] | None, res_ctx: dict[int, Ctx]) -> None:
         """Copy inherited context onto `spans` (one trace) and remember what they resolved to.
 
-        `known`: the remembered context of the trace's earlier spans (span id -> context)."""
+        `known`: the remembered context of the trace's earlier spans (span id -> context, "" -> the
+        root's). A span whose parent is not among the spans takes the known parent's context, else
+        the root's (every span of a trace sits below its root)."""
         keyset = self._keyset
         own: dict[str, Ctx] = {}
-        res_ctx: dict[int, Ctx] = {}
+        root: Span | None = None
         for s in spans:
+            if not s.parent_span_id:
+                root = s
             a = s.attributes
             found = a.keys() & keyset
             r = s.resource
             rc = res_ctx.get(id(r))
             if rc is None:
                 ra = r.attributes
-                rc = res_ctx[id(r)] = {k: ra[k] for k in ra.keys() & keyset if ra[k] not in (None, "")}
+                rc = res_ctx[id(r)] = {k: ra[k] for k in ra.keys() & keyset if ra[k] is not None and ra[k] != ""}
             if found or rc:
                 o = dict(rc) if rc else {}
                 for k in found:
@@ -217,12 +227,25 @@ class ContextProcessor(BaseProcessor):
                         o[k] = v
                 if o:
                     own[s.span_id] = o
-        if not own and not known:
-            self._remember(tid, {}, spans)
+        empty: Ctx = {}
+        if root is not None:
+            root_ctx = own.get(root.span_id, empty)
+        elif known is not None:
+            root_ctx = known.get("", empty)
+        else:
+            root_ctx = empty
+        if not own and not root_ctx:
+            self._remember(tid, known, root, empty, None)
+            return
+        if root is not None and len(own) == (1 if root_ctx else 0) and known is None:
+            # The common case: only the root carries context; every other span inherits it.
+            for s in spans:
+                if s is not root:
+                    s.attributes.update(root_ctx)
+            self._remember(tid, known, root, root_ctx, None)
             return
         by_id = {s.span_id: s for s in spans}
         memo: dict[str, Ctx] = {}
-        empty: Ctx = {}
         limit = len(spans) + 1
         for s in spans:
             if s.span_id in memo:
@@ -235,13 +258,14 @@ class ContextProcessor(BaseProcessor):
                 cur = by_id.get(parent) if parent else None
             if cur is not None and cur.span_id in memo:
                 inherited = memo[cur.span_id]
-            elif known:
-                top_parent = chain[-1].parent_span_id
-                inherited = known.get(top_parent) if top_parent else None
-                if inherited is None:
-                    inherited = known.get("", empty) if top_parent else empty
             else:
-                inherited = empty
+                top_parent = chain[-1].parent_span_id
+                if not top_parent:
+                    inherited = empty
+                elif known is not None and top_parent in known:
+                    inherited = known[top_parent]
+                else:
+                    inherited = root_ctx
             for c in reversed(chain):
                 o = own.get(c.span_id)
                 if inherited:
@@ -254,18 +278,20 @@ class ContextProcessor(BaseProcessor):
                     mine = o if o else empty
                 memo[c.span_id] = mine
                 inherited = mine
-        self._remember(tid, memo, spans, known)
+        self._remember(tid, known, root, root_ctx, memo)
 
-    def _remember(self, tid: str, memo: dict[str, Ctx], spans: list[Span],
-                  known: dict[str, Ctx] | None = None) -> None:
+    def _remember(self, tid: str, known: dict[str, Ctx] | None, root: Span | None, root_ctx: Ctx,
+                  memo: dict[str, Ctx] | None) -> None:
+        """Keep what late spans of this trace need: the root's context ("") and the spans whose
+        context differs from it."""
         entry = known if known is not None else {}
-        for sid, c in memo.items():
-            if c:
-                entry[sid] = c
-        for s in spans:
-            if not s.parent_span_id:
-                c = memo.get(s.span_id)
-                entry[""] = c if c else {}
+        if root is not None or "" not in entry:
+            entry[""] = root_ctx
+        if memo:
+            base = entry[""]
+            for sid, c in memo.items():
+                if c and c is not base and c != base:
+                    entry[sid] = c
         released = self._released
         released[tid] = entry
         released.move_to_end(tid)
@@ -301,10 +327,6 @@ class ContextProcessor(BaseProcessor):
     @property
     def held_spans(self) -> int:
         return self._held_spans
-
-
-def _has_root(spans: list[Span]) -> bool:
-    return any(not s.parent_span_id for s in spans)
 
 
 factory = Factory(
