@@ -58,27 +58,28 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from pipeline import semconv
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import Attributes, SpanBatch
 
 # --- canonical names ---------------------------------------------------------------------
 
-PROVIDER = "gen_ai.provider.name"
-OPERATION = "gen_ai.operation.name"
-REQUEST_MODEL = "gen_ai.request.model"
-RESPONSE_MODEL = "gen_ai.response.model"
-INPUT_TOKENS = "gen_ai.usage.input_tokens"
-OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
-CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
-CACHE_CREATION_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
-COST_USD = "gen_ai.usage.cost_usd"
-CONVERSATION_ID = "gen_ai.conversation.id"
-USER_ID = "user.id"
-SESSION_ID = "session.id"
-FEATURE = "app.feature"
-TENANT_ID = "tenant.id"
-CUSTOMER_ID = "customer.id"
-USER_TIER = "user.tier"
+PROVIDER = semconv.GEN_AI_PROVIDER
+OPERATION = semconv.GEN_AI_OPERATION
+REQUEST_MODEL = semconv.GEN_AI_REQUEST_MODEL
+RESPONSE_MODEL = semconv.GEN_AI_RESPONSE_MODEL
+INPUT_TOKENS = semconv.GEN_AI_INPUT_TOKENS
+OUTPUT_TOKENS = semconv.GEN_AI_OUTPUT_TOKENS
+CACHE_READ_TOKENS = semconv.GEN_AI_CACHE_READ_TOKENS
+CACHE_CREATION_TOKENS = semconv.GEN_AI_CACHE_CREATION_TOKENS
+COST_USD = semconv.GEN_AI_COST_USD
+CONVERSATION_ID = semconv.GEN_AI_CONVERSATION_ID
+USER_ID = semconv.USER_ID
+SESSION_ID = semconv.SESSION_ID
+FEATURE = semconv.APP_FEATURE
+TENANT_ID = semconv.TENANT_ID
+CUSTOMER_ID = semconv.CUSTOMER_ID
+USER_TIER = semconv.USER_TIER
 
 CANONICAL_KEYS = (
     PROVIDER, OPERATION, REQUEST_MODEL, RESPONSE_MODEL, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS,

@@ -25,10 +25,10 @@ from pipeline.component import BaseSink, ComponentConfig, ComponentContext, Fact
 from pipeline.spans import STATUS_ERROR, STATUS_OK, SpanBatch
 
 _TOKEN_KEYS = (
-    ("input", "gen_ai.usage.input_tokens"),
-    ("output", "gen_ai.usage.output_tokens"),
-    ("cache_read", "gen_ai.usage.cache_read.input_tokens"),
-    ("cache_creation", "gen_ai.usage.cache_creation.input_tokens"),
+    ("input", semconv.GEN_AI_INPUT_TOKENS),
+    ("output", semconv.GEN_AI_OUTPUT_TOKENS),
+    ("cache_read", semconv.GEN_AI_CACHE_READ_TOKENS),
+    ("cache_creation", semconv.GEN_AI_CACHE_CREATION_TOKENS),
 )
 _STATUS = {STATUS_ERROR: "error", STATUS_OK: "ok"}
 
@@ -76,16 +76,16 @@ class PrometheusSink(BaseSink):
             if not model and not all_spans:
                 continue
             service = guard("service", span.resource.service_name)
-            op = a.get("gen_ai.operation.name") or (span.name if from_name else "span")
+            op = a.get(semconv.GEN_AI_OPERATION) or (span.name if from_name else "span")
             operation = guard("operation", str(op))
             model_l = guard("model", str(model)) if model else "none"
             status = _STATUS.get(span.status_code, "unset")
             counts[(service, model_l, operation, status)] += 1
             durations[(service, model_l, operation)].append(span.duration_ns / 1e9)
             if model:
-                provider = guard("provider", str(a.get("gen_ai.provider.name") or "unknown"))
+                provider = guard("provider", str(a.get(semconv.GEN_AI_PROVIDER) or "unknown"))
                 llm_calls[(service, provider, model_l, operation, status)] += 1
-                cost = a.get("gen_ai.usage.cost_usd")
+                cost = a.get(semconv.GEN_AI_COST_USD)
                 if cost is not None:
                     llm_cost[(service, provider, model_l, operation)] += _num(cost)
                 for type_name, key in _TOKEN_KEYS:
