@@ -12,7 +12,12 @@ absolute figures depend on the (shared) machine.
 Memory (tracemalloc): bytes per buffered trace while its 2 children wait for the root
 (spans included, and the buffer alone), and per remembered released trace (late spans).
 
-    python -m bench.context [--traces 20000] [--repeat 3]
+`--end-to-end N`: also the whole embedded path, `tracepipe run` (OTLP/HTTP -> chain -> chDB)
+with the default config (normalize, context, cost) and with the same config without
+`context`, N spans each (bench/workload.py traffic: whole traces per request), spans stored
+per CPU-second of the pipeline process, and the ratio.
+
+    python -m bench.context [--traces 20000] [--repeat 3] [--end-to-end 60000]
 """
 
 from __future__ import annotations
@@ -156,13 +161,51 @@ def memory(n_traces: int) -> None:
           f"{(remembered - base) / n_traces:7.0f} B (spans gone)")
 
 
+def end_to_end(n_spans: int) -> None:
+    import asyncio
+    import tempfile
+
+    import yaml
+
+    from bench.throughput import TRACES_PER_REQUEST, throughput
+    from bench.workload import make_request, spans_in
+    from tests.pipeline_proc import start_pipeline
+
+    n_requests = max(1, n_spans // (TRACES_PER_REQUEST * 3))
+    reqs = [make_request(TRACES_PER_REQUEST, seed=i) for i in range(n_requests)]
+    bodies = [r.SerializeToString() for r in reqs]
+    total = sum(spans_in(r) for r in reqs)
+    default = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipeline" / "default.yaml").read_text())
+    without = yaml.safe_load(yaml.safe_dump(default))
+    without["processors"].pop("context")
+    without["service"]["pipelines"]["traces"]["processors"].remove("context")
+    rates: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in (("without context", without), ("with context", default)):
+            path = Path(tmp) / f"{name.replace(' ', '-')}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            p = start_pipeline(Path(tmp) / name.replace(" ", "-"), "-c", str(path))
+            try:
+                r = asyncio.run(throughput(p, bodies, total))
+            finally:
+                p.stop()
+            rates[name] = r["per_core"]
+            print(f"  tracepipe run {name:16s} {r['per_core']:9.0f} spans/s per core ({r['cpu_s']:.1f} CPU s)")
+    print(f"  end-to-end ratio with/without context: {rates['with context'] / rates['without context']:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traces", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--end-to-end", type=int, default=0, metavar="SPANS",
+                    help="also run `tracepipe run` with and without context over this many spans")
     args = ap.parse_args()
     throughput(args.traces, args.repeat)
     memory(args.traces)
+    if args.end_to_end:
+        print(f"whole embedded path, {args.end_to_end} spans:")
+        end_to_end(args.end_to_end)
 
 
 if __name__ == "__main__":
