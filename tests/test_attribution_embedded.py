@@ -209,3 +209,39 @@ def test_cli_cost_dimensions_match_the_query_module() -> None:
     from pipeline.query.traces import COST_DIMENSIONS
 
     assert CLI_DIMENSIONS == COST_DIMENSIONS
+
+
+async def test_shutdown_releases_held_spans_to_every_sink(tmp_path: Path, redis_service, chdb_dsn: str,
+                                                          chdb_database: str) -> None:
+    raw = _raw_config(tmp_path, redis_service.url, chdb_dsn, chdb_database)
+    cfg = build_config(raw)
+    runtime = EmbeddedRuntime(cfg)
+    endpoints = await runtime.start()
+    proc = _context_processor(runtime)
+    registry = build_budget_store(cfg)
+    assert registry is not None
+    await registry.start()
+    try:
+        lone = Turn("u-9", "acme", "ask", "s-9", "gpt-4o-mini", "gpt-4o-mini-2024-07-18", 500, 50)
+
+        def stop_before_root() -> None:  # the root never comes: the children are held at shutdown
+            wait_until(lambda: proc.held_spans == 2, 20, "the children to be held")
+            raise _RootNeverSent
+
+        with pytest.raises(_RootNeverSent):
+            await asyncio.to_thread(send_trace, f"http://{endpoints.otlp_http}", lone, before_root=stop_before_root)
+        assert (await _spent(registry, "model", "gpt-4o-mini"))[1] == 0
+        await runtime.stop()
+        assert await _spent(registry, "model", "gpt-4o-mini") == (pytest.approx(lone.cost, abs=1e-12), 1)
+        assert (await _spent(registry, "user", "u-9"))[1] == 0  # the ids were on the root, which never came
+        assert runtime.telemetry.registry.get_sample_value(
+            "tracepipe_context_spans_without_root_total", {"processor": "context"}) == 2
+        assert runtime.telemetry.registry.get_sample_value(
+            "tracepipe_sink_sent_spans_total", {"sink": "clickhouse"}) == 2
+    finally:
+        await registry.close()
+        await runtime.stop()
+
+
+class _RootNeverSent(Exception):
+    pass
