@@ -287,6 +287,24 @@ class Telemetry:
             ["processor"], namespace=ns, registry=r,
         )
 
+        # --- context (processors/context.py) ----------------------------------------
+        self.context_spans_without_root = Counter(
+            "context_spans_without_root", "Spans a context processor released before their trace's root arrived.",
+            ["processor"], namespace=ns, registry=r,
+        )
+        self.context_early_releases = Counter(
+            "context_early_releases", "Traces a context processor released before their wait (buffer full).",
+            ["processor"], namespace=ns, registry=r,
+        )
+        self.context_buffered_traces = Gauge(
+            "context_buffered_traces", "Traces a context processor holds waiting for their root span.",
+            ["processor"], namespace=ns, registry=r,
+        )
+        self.context_buffered_spans = Gauge(
+            "context_buffered_spans", "Spans a context processor holds waiting for their trace's root span.",
+            ["processor"], namespace=ns, registry=r,
+        )
+
         # --- budgets (sinks/budgets.py; ids never become labels) --------------------
         self.budget_utilization_ratio = Gauge(
             "budget_utilization_ratio",

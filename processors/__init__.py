@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.component import Factory
-from processors import anomaly, cost, normalize, redact, sample
+from processors import anomaly, context, cost, normalize, redact, sample
 
 PROCESSOR_FACTORIES: dict[str, Factory[Any, Any]] = {
     f.type: f
     for f in (
         normalize.factory,
+        context.factory,
         cost.factory,
         redact.factory,
         sample.factory,

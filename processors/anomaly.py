@@ -64,6 +64,7 @@ from pipeline.anomaly.windows import (
     window_metrics,
 )
 from pipeline.component import BaseProcessor, ComponentContext, Factory
+from pipeline.semconv import model_of
 from pipeline.spans import STATUS_ERROR, Span, SpanBatch
 from pipeline.tenants import DEFAULT_TENANT, tenant_of
 
@@ -95,7 +96,7 @@ def _dimension_getter(dim: str) -> Callable[[Span], Any]:
     if dim == "service":
         return lambda s: s.resource.attributes.get("service.name") or "unknown_service"
     if dim == "model":
-        return lambda s: s.attributes.get("gen_ai.request.model") or s.attributes.get("gen_ai.response.model") or ""
+        return lambda s: model_of(s.attributes) or ""
     attr = _ATTRIBUTE_OF[dim]
     return lambda s: s.attributes.get(attr) or ""
 

@@ -26,11 +26,12 @@ What it does
     gen_ai.conversation.id                       conversation_id, *.conversation_id
     user.id / session.id                         user_id, enduser.id, langfuse.user.id,
                                                  traceloop.association.properties.user_id, ...
-    app.feature / tenant.id / user.tier          feature, customer_id / tenant_id, user_tier,
+    app.feature / tenant.id / user.tier          feature, tenant_id / org_id, user_tier,
+    customer.id                                  customer_id, app.customer_id, customerId,
                                                  under the metadata prefixes below
     ===========================================  =============================================
 
-    Metadata prefixes searched for user/session/conversation/feature/tenant/tier keys:
+    Metadata prefixes searched for user/session/conversation/feature/tenant/customer/tier keys:
     `traceloop.association.properties.`, `langsmith.metadata.`, `langfuse.trace.metadata.`,
     `langfuse.metadata.`, `metadata.`.
 
@@ -57,35 +58,38 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from pipeline import semconv
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import Attributes, SpanBatch
 
 # --- canonical names ---------------------------------------------------------------------
 
-PROVIDER = "gen_ai.provider.name"
-OPERATION = "gen_ai.operation.name"
-REQUEST_MODEL = "gen_ai.request.model"
-RESPONSE_MODEL = "gen_ai.response.model"
-INPUT_TOKENS = "gen_ai.usage.input_tokens"
-OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
-CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
-CACHE_CREATION_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
-COST_USD = "gen_ai.usage.cost_usd"
-CONVERSATION_ID = "gen_ai.conversation.id"
-USER_ID = "user.id"
-SESSION_ID = "session.id"
-FEATURE = "app.feature"
-TENANT_ID = "tenant.id"
-USER_TIER = "user.tier"
+PROVIDER = semconv.GEN_AI_PROVIDER
+OPERATION = semconv.GEN_AI_OPERATION
+REQUEST_MODEL = semconv.GEN_AI_REQUEST_MODEL
+RESPONSE_MODEL = semconv.GEN_AI_RESPONSE_MODEL
+INPUT_TOKENS = semconv.GEN_AI_INPUT_TOKENS
+OUTPUT_TOKENS = semconv.GEN_AI_OUTPUT_TOKENS
+CACHE_READ_TOKENS = semconv.GEN_AI_CACHE_READ_TOKENS
+CACHE_CREATION_TOKENS = semconv.GEN_AI_CACHE_CREATION_TOKENS
+COST_USD = semconv.GEN_AI_COST_USD
+CONVERSATION_ID = semconv.GEN_AI_CONVERSATION_ID
+USER_ID = semconv.USER_ID
+SESSION_ID = semconv.SESSION_ID
+FEATURE = semconv.APP_FEATURE
+TENANT_ID = semconv.TENANT_ID
+CUSTOMER_ID = semconv.CUSTOMER_ID
+USER_TIER = semconv.USER_TIER
 
 CANONICAL_KEYS = (
     PROVIDER, OPERATION, REQUEST_MODEL, RESPONSE_MODEL, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS,
-    CACHE_CREATION_TOKENS, COST_USD, CONVERSATION_ID, USER_ID, SESSION_ID, FEATURE, TENANT_ID, USER_TIER,
+    CACHE_CREATION_TOKENS, COST_USD, CONVERSATION_ID, USER_ID, SESSION_ID, FEATURE, TENANT_ID, CUSTOMER_ID,
+    USER_TIER,
 )  # fmt: skip
 
 INT_KEYS = frozenset({INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS, CACHE_CREATION_TOKENS})
 FLOAT_KEYS = frozenset({COST_USD})
-STR_ID_KEYS = frozenset({CONVERSATION_ID, USER_ID, SESSION_ID, FEATURE, TENANT_ID, USER_TIER})
+STR_ID_KEYS = frozenset({CONVERSATION_ID, USER_ID, SESSION_ID, FEATURE, TENANT_ID, CUSTOMER_ID, USER_TIER})
 
 # --- built-in dialects ---------------------------------------------------------------------
 # canonical -> source keys, highest priority first. Order across dialects: current OTel
@@ -120,7 +124,8 @@ _DIRECT: dict[str, tuple[str, ...]] = {
     SESSION_ID: ("gen_ai.session.id", "langfuse.session.id", "langfuse.trace.session_id", "session_id",
                  "sessionId"),
     FEATURE: ("feature", "feature_name"),
-    TENANT_ID: ("tenant_id", "customer_id", "customer.id", "tenant", "org_id", "organization_id"),
+    TENANT_ID: ("tenant_id", "tenant", "org_id", "organization_id"),
+    CUSTOMER_ID: ("app.customer_id", "app.customer.id", "customer_id", "customerId", "customer"),
     USER_TIER: ("user_tier", "plan_tier"),
 }  # fmt: skip
 
@@ -137,7 +142,8 @@ _METADATA_SUFFIXES: dict[str, tuple[str, ...]] = {
     SESSION_ID: ("session_id", "session.id", "sessionId", "thread_id"),
     CONVERSATION_ID: ("conversation_id", "conversation.id", "conversationId"),
     FEATURE: ("feature", "feature_name", "app.feature"),
-    TENANT_ID: ("tenant_id", "tenant.id", "customer_id", "customer.id", "tenantId", "customerId", "tenant", "customer"),
+    TENANT_ID: ("tenant_id", "tenant.id", "tenantId", "tenant"),
+    CUSTOMER_ID: ("customer_id", "customer.id", "customerId", "customer"),
     USER_TIER: ("user_tier", "user.tier", "tier", "plan"),
 }
 

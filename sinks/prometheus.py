@@ -4,6 +4,8 @@ Per batch it aggregates spans by (service, model, operation, status) and updates
 - tracepipe_spans_total, tracepipe_span_duration_seconds (histogram), for every span;
 - tracepipe_llm_calls_total, tracepipe_llm_cost_usd_total, tracepipe_llm_tokens_total{type},
   for GenAI spans (those carrying a model).
+`model` is the model identity (pipeline/semconv.py `model_of`: the request model, else the
+response model), the same name budgets, the API, the CLI and anomaly keys group by.
 Labels never include user, session or trace ids, nor span names. `operation` is the span's
 gen_ai.operation.name when it is one of the semantic conventions' values (`GENAI_OPERATIONS`),
 else "other". Model, provider and service values pass the label guard: redacted (the redact
@@ -21,14 +23,15 @@ from collections import defaultdict
 
 from pydantic import Field
 
+from pipeline import semconv
 from pipeline.component import BaseSink, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import STATUS_ERROR, STATUS_OK, SpanBatch
 
 _TOKEN_KEYS = (
-    ("input", "gen_ai.usage.input_tokens"),
-    ("output", "gen_ai.usage.output_tokens"),
-    ("cache_read", "gen_ai.usage.cache_read.input_tokens"),
-    ("cache_creation", "gen_ai.usage.cache_creation.input_tokens"),
+    ("input", semconv.GEN_AI_INPUT_TOKENS),
+    ("output", semconv.GEN_AI_OUTPUT_TOKENS),
+    ("cache_read", semconv.GEN_AI_CACHE_READ_TOKENS),
+    ("cache_creation", semconv.GEN_AI_CACHE_CREATION_TOKENS),
 )
 _STATUS = {STATUS_ERROR: "error", STATUS_OK: "ok"}
 
@@ -78,7 +81,7 @@ class PrometheusSink(BaseSink):
         all_spans = self.cfg.all_spans
         for span in batch.spans:
             a = span.attributes
-            model = a.get("gen_ai.response.model") or a.get("gen_ai.request.model")
+            model = semconv.model_of(a)
             if not model and not all_spans:
                 continue
             service = guard("service", span.resource.service_name)
@@ -88,9 +91,9 @@ class PrometheusSink(BaseSink):
             counts[(service, model_l, operation, status)] += 1
             durations[(service, model_l, operation)].append(span.duration_ns / 1e9)
             if model:
-                provider = guard("provider", str(a.get("gen_ai.provider.name") or "unknown"))
+                provider = guard("provider", str(a.get(semconv.GEN_AI_PROVIDER) or "unknown"))
                 llm_calls[(service, provider, model_l, operation, status)] += 1
-                cost = a.get("gen_ai.usage.cost_usd")
+                cost = a.get(semconv.GEN_AI_COST_USD)
                 if cost is not None:
                     llm_cost[(service, provider, model_l, operation)] += _num(cost)
                 for type_name, key in _TOKEN_KEYS:

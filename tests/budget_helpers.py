@@ -81,7 +81,7 @@ def sink_config(redis_url: str | None = None, **overrides: Any) -> BudgetsSinkCo
                 "tiers": {"free": {"usd": 0.10}, "pro": {"usd": 10.0}, "enterprise": None},
                 "overrides": {"vip": {"usd": 100.0}},
             },
-            "tenant_feature_monthly": {"scope": "customer+feature", "period": "month", "limit": {"tokens": 1_000_000}},
+            "tenant_feature_monthly": {"scope": "tenant+feature", "period": "month", "limit": {"tokens": 1_000_000}},
         },
     }
     if redis_url is not None:

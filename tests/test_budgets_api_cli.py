@@ -39,7 +39,7 @@ sinks:
         time_zone: Europe/Paris
         limit: {{usd: 20, tokens: 1000000}}
       tenant_feature:
-        scope: customer+feature
+        scope: tenant+feature
         period: hour
         limit: {{tokens: 5000}}
 service:
@@ -103,7 +103,7 @@ async def test_api_returns_spent_limit_remaining_and_reset_for_every_period(tmp_
         assert month["reset_at"].endswith(("+01:00", "+02:00"))  # Paris calendar month
         assert day["reset_in_seconds"] > 0
 
-        resp = await client.get("/api/budgets/feature+customer/chat/acme")
+        resp = await client.get("/api/budgets/feature+tenant/chat/acme")
         body = await resp.json()
         assert resp.status == 200 and body["scope"] == "feature+tenant"
         [tf] = body["budgets"]
@@ -115,7 +115,7 @@ async def test_api_returns_spent_limit_remaining_and_reset_for_every_period(tmp_
         assert all(b["spent_usd"] == 0 for b in body["budgets"])
 
         assert (await client.get("/api/budgets/planet/earth")).status == 400
-        assert (await client.get("/api/budgets/customer+feature/acme")).status == 400
+        assert (await client.get("/api/budgets/tenant+feature/acme")).status == 400
         assert (await client.get("/api/budgets/model/gpt-4o")).status == 404
         listing = await (await client.get("/api/budgets")).json()
         assert {b["name"] for b in listing["budgets"]} == {"user_daily", "user_monthly", "tenant_feature"}
@@ -151,7 +151,7 @@ def test_cli_budgets_show_reads_redis(tmp_path: Path, redis_service) -> None:
     assert result.exit_code == 0, result.output
     rows = {b["period"]: b for b in json.loads(result.output)["budgets"]}
     assert rows["day"]["spent_usd"] == 0.12 and rows["day"]["exceeded"] is True
-    result = runner.invoke(_cli(), ["budgets", "show", "customer+feature", "acme/chat", "-c", str(config_path)])
+    result = runner.invoke(_cli(), ["budgets", "show", "tenant+feature", "acme/chat", "-c", str(config_path)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split()[:4] == ["BUDGET", "PERIOD", "SPENT_USD", "LIMIT_USD"]
@@ -185,11 +185,11 @@ async def test_guard_in_api_mode_enforces_the_embedded_local_store(tmp_path: Pat
         guard = BudgetGuard(api_url=str(client.make_url("")))
         assert (await guard.acheck(user="ann", tier="free")).allowed
         await _spend(tmp_path, config_path, registry)  # $0.12 of a $0.10 free-tier day
-        refused = await guard.acheck(user="ann", tier="free", feature="chat", customer="acme")
+        refused = await guard.acheck(user="ann", tier="free", feature="chat", tenant="acme")
         assert not refused.allowed and refused.status_code == 429
         assert {b.budget for b in refused.blocked} == {"user_daily"}
         assert refused.retry_after is not None and refused.retry_after > 0
-        nearly = await asyncio.to_thread(guard.check, customer="acme", feature="chat", estimated_tokens=600)
+        nearly = await asyncio.to_thread(guard.check, tenant="acme", feature="chat", estimated_tokens=600)
         assert nearly.status_code == 429 and nearly.blocked[0].budget == "tenant_feature"  # 4500 + 600 > 5000
         resp = await client.get("/api/budgets/check", params={"user": "ann", "tier": "free"})
         assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0

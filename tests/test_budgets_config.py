@@ -26,7 +26,7 @@ def _raw(budgets: dict, **sink: object) -> dict:
 def test_example_config_validates() -> None:
     cfg = load_config(EXAMPLE, env={})
     budgets = cfg.sinks["budgets"].config
-    assert budgets.budgets["customer_feature_monthly"].dims == ("tenant", "feature")
+    assert budgets.budgets["customer_feature_monthly"].dims == ("customer", "feature")
     assert budgets.budgets["user_daily"].tiers["enterprise"] is None
 
 
@@ -57,7 +57,7 @@ def test_a_budgets_sink_needs_at_least_one_budget() -> None:
 
 
 def test_scopes_and_aliases() -> None:
-    assert parse_scope("customer+feature") == ("tenant", "feature")
+    assert parse_scope("customer+feature") == ("customer", "feature")
     assert parse_scope(["model"]) == ("model",)
     assert parse_scope("global") == ()
 

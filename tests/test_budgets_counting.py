@@ -61,7 +61,7 @@ async def test_concurrent_writers_add_up_exactly(tmp_path: Path, redis_service) 
     assert st["spans"] == spans
     assert st["spent_tokens"] == spans * 10
     assert round(st["spent_usd"] * 1e9) == spans * 123_000  # exact in nano-USD, no float drift
-    [tf] = await read_status(sinks[0].store, sinks[0].budgets, "customer+feature", "acme/chat", clock())
+    [tf] = await read_status(sinks[0].store, sinks[0].budgets, "tenant+feature", "acme/chat", clock())
     assert tf.spent_tokens == spans * 10
     for s in sinks:
         await s.close()

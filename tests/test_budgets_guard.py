@@ -107,8 +107,8 @@ async def test_combined_scope_budget_applies_when_both_values_are_given(env) -> 
         llm_span(cost=0.0, tokens=(600_000, 500_000), user=f"u{i}", tenant="globex", feature="search") for i in range(1)
     ]
     await sink.write(batch(spans))
-    assert guard.check(customer="globex").allowed  # no budget is scoped to the tenant alone
-    d = guard.check(customer="globex", feature="search")
+    assert guard.check(tenant="globex").allowed  # no budget is scoped to the tenant alone
+    d = guard.check(tenant="globex", feature="search")
     assert not d.allowed and d.blocked[0].budget == "tenant_feature_monthly"
 
 

@@ -44,7 +44,7 @@ async def test_cluster_counts_once_per_batch_and_fires_thresholds_once(tmp_path:
         await sink.write(batch([llm_span(cost=0.01, user="user-0", tier="free")]))
     [st] = [s for s in await read_status(sink.store, sink.budgets, "user", "user-0", clock()) if s.period == "day"]
     assert (st.spans, st.spent_usd) == (10, pytest.approx(0.10))
-    [tf] = await read_status(sink.store, sink.budgets, "customer+feature", "acme/chat", clock())
+    [tf] = await read_status(sink.store, sink.budgets, "tenant+feature", "acme/chat", clock())
     assert tf.spans == 49
     assert [(e["id"], e["threshold"]) for _k, e in events] == [("user-0", 0.5), ("user-0", 0.8), ("user-0", 1.0)]
     guard = BudgetGuard(redis=RedisConfig(url=cluster.url, cluster=True), key_prefix=cfg.key_prefix, clock=clock)

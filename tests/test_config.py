@@ -26,7 +26,7 @@ def _minimal(**service) -> dict:
 def test_embedded_default_loads_and_matches_the_documented_copy() -> None:
     cfg = load_config()
     assert cfg.transport.type == "memory"
-    assert cfg.service.pipelines["traces"].processors == ["redact", "normalize", "cost"]
+    assert cfg.service.pipelines["traces"].processors == ["redact", "normalize", "context", "cost"]
     assert cfg.receivers["otlp"].config.grpc.endpoint == "127.0.0.1:4317"
     assert (ROOT / "config" / "embedded.yaml").read_text() == DEFAULT_CONFIG_PATH.read_text()
 

@@ -73,7 +73,7 @@ def test_openllmetry_dialect() -> None:
     assert a["user.id"] == "u-1"
     assert a["session.id"] == "s-1"
     assert a["app.feature"] == "search"
-    assert a["tenant.id"] == "acme"
+    assert a["customer.id"] == "acme"
     assert a["user.tier"] == "pro"
 
 
@@ -159,12 +159,15 @@ def test_plain_lumina_style_attributes() -> None:
     assert a["user.id"] == "42"
     assert a["session.id"] == "sess"
     assert a["app.feature"] == "chatbot"
-    assert a["tenant.id"] == "cust-7"
+    assert a["customer.id"] == "cust-7"
+    assert "tenant.id" not in a  # the end customer is not the tracepipe tenant
 
 
-def test_tenant_id_beats_customer_id_and_current_names_beat_plain_ones() -> None:
+def test_tenant_and_customer_are_separate_and_current_names_beat_plain_ones() -> None:
     a = run({"tenant_id": "tenant", "customer_id": "customer", "gen_ai.usage.prompt_tokens": 5, "prompt_tokens": 9})
     assert a["tenant.id"] == "tenant"
+    assert a["customer.id"] == "customer"
+    assert run({"app.customer_id": "acme"})["customer.id"] == "acme"
     assert a["gen_ai.usage.input_tokens"] == 5
 
 

@@ -64,4 +64,5 @@ _OPTIONAL_ROUTE_MODULES: list[str] = [
     "budgets",
     "alerts",
     "dead_letters",
+    "sessions",
 ]

@@ -1,10 +1,12 @@
-"""GET /api/analytics/cost?by=model|service|user|feature|operation|provider&since=24h
+"""GET /api/analytics/cost?by=DIMENSION&since=24h
 
 Spend, tokens, calls and p50/p95 latency per group, most expensive first (JSON list).
-model/service/operation/provider group the LLM span rows; user/feature use trace-level
-attribution (the user or feature set anywhere in a trace owns its cost; p50/p95 are then
-trace durations). `since` defaults to 24h. Limited to the caller's tenant (admin: every tenant,
-or the one `tenant` names).
+`by` (default model): model (the request model, else the response model: the model
+identity), response_model (the billed, dated name), service, operation, provider, session
+(session.id, else gen_ai.conversation.id) and customer (customer.id) group the LLM span
+rows; user, feature and tenant use trace-level attribution (the value set anywhere in a
+trace owns its cost; p50/p95 are then trace durations). `since` defaults to 24h. Limited to the caller's tenant
+(admin: every tenant, or the one `tenant` names).
 """
 
 from __future__ import annotations

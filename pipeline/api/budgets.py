@@ -1,7 +1,7 @@
 """GET /api/budgets and GET /api/budgets/{scope}/{id}: where an id stands in its budgets.
 
-`scope` is a budget scope (user, tenant or customer, feature, model, provider, service,
-a combination such as customer+feature in any order, or global); `id` the id, with the
+`scope` is a budget scope (user, tenant, customer, session, feature, model, response_model,
+provider, service, a combination such as customer+feature in any order, or global); `id` the id, with the
 parts of a combined scope joined by '/' in the order of `scope` (acme/chat). `?tier=`
 resolves the limit of an id that has not spent anything yet. The answer lists every
 budget of that scope with its current period: spent, limit, remaining, reset time.

@@ -1,8 +1,9 @@
 """GET /api/traces/{trace_id} (one trace: spans, tree, totals) and GET /api/traces (summaries).
 
-List parameters: service, model, user, status (ok|error|unset), min_cost (USD), since
-(15m, 24h, 7d), limit (1..1000, default 20), cursor (the `next` of the previous page), tenant
-(admin only: one tenant's traces; a read token always gets its own).
+List parameters: service, model, user, session (session.id or gen_ai.conversation.id),
+status (ok|error|unset), min_cost (USD), since (15m, 24h, 7d), limit (1..1000, default 20),
+cursor (the `next` of the previous page), tenant (admin only: one tenant's traces; a read token
+always gets its own).
 Bad parameters answer 400 with a message naming the parameter (pipeline/api/params.py); an unknown trace 404; a
 process without a query store 503. Both are limited to the caller's tenant (admin: every tenant);
 a trace of another tenant answers 404, as an unknown one does (never 403: that would confirm it exists).
@@ -23,7 +24,7 @@ from pipeline.query.traces import MAX_LIMIT, TRACE_STATUSES, normalize_trace_id
 
 log = logging.getLogger("tracepipe.api")
 
-_LIST_PARAMS = {"service", "model", "user", "status", "min_cost", "since", "limit", "cursor"}
+_LIST_PARAMS = {"service", "model", "user", "session", "status", "min_cost", "since", "limit", "cursor"}
 
 
 def queries_or_error(request: web.Request) -> tuple[Any, web.Response | None]:
@@ -70,7 +71,7 @@ def parse_list_params(q: Any) -> dict[str, Any]:
     """Validated keyword arguments for TraceQueries.list_traces; ValueError names the bad parameter."""
     params.check_known(q, _LIST_PARAMS)
     kwargs: dict[str, Any] = {}
-    for key in ("service", "model", "user"):
+    for key in ("service", "model", "user", "session"):
         value = params.text(q, key)
         if value is not None:
             kwargs[key] = value

@@ -18,29 +18,38 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from pipeline import semconv
 from pipeline.budgets.model import NANO, Budget, Increment, KeyLayout, encode_id
 from pipeline.spans import Span, attr_float, attr_int, attr_str
 from pipeline.tenants import tenant_of
 
-COST = "gen_ai.usage.cost_usd"
+COST = semconv.GEN_AI_COST_USD
 # Per-span sanity caps: a corrupt value must not overflow Redis's 64-bit counters or poison a batch.
 MAX_SPAN_USD = 1_000_000.0
 MAX_SPAN_TOKENS = 10**12
-INPUT_TOKENS = "gen_ai.usage.input_tokens"
-OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+INPUT_TOKENS = semconv.GEN_AI_INPUT_TOKENS
+OUTPUT_TOKENS = semconv.GEN_AI_OUTPUT_TOKENS
 
 
-def _model(span: Span) -> str | None:
+def _tenant(span: Span) -> str | None:
+    # The resource's tenant.id is the one the receiver stamps from the auth token: it wins.
+    return attr_str(span.resource.attributes, semconv.TENANT_ID) or attr_str(span.attributes, semconv.TENANT_ID)
+
+
+def _session(span: Span) -> str | None:
     a = span.attributes
-    return attr_str(a, "gen_ai.response.model") or attr_str(a, "gen_ai.request.model")
+    return attr_str(a, semconv.SESSION_ID) or attr_str(a, semconv.GEN_AI_CONVERSATION_ID)
 
 
 DIM_EXTRACTORS: dict[str, Callable[[Span], str | None]] = {
-    "user": lambda s: attr_str(s.attributes, "user.id"),
-    "tenant": lambda s: attr_str(s.attributes, "tenant.id"),
-    "feature": lambda s: attr_str(s.attributes, "app.feature"),
-    "model": _model,
-    "provider": lambda s: attr_str(s.attributes, "gen_ai.provider.name"),
+    "user": lambda s: attr_str(s.attributes, semconv.USER_ID),
+    "tenant": _tenant,
+    "customer": lambda s: attr_str(s.attributes, semconv.CUSTOMER_ID),
+    "session": _session,
+    "feature": lambda s: attr_str(s.attributes, semconv.APP_FEATURE),
+    "model": lambda s: semconv.model_of(s.attributes),
+    "response_model": lambda s: semconv.response_model_of(s.attributes),
+    "provider": lambda s: attr_str(s.attributes, semconv.GEN_AI_PROVIDER),
     "service": lambda s: s.resource.service_name,
 }
 

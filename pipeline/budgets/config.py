@@ -1,8 +1,8 @@
 """Config models of the budgets sink: budgets, limits, tiers, the Redis connection.
 
 A budget counts spend (USD, from `gen_ai.usage.cost_usd`) and tokens (input + output)
-per id of a scope (a user, a tenant, a feature, or a combination such as
-`tenant+feature`) over a calendar period (hour, day, week, month) in a time zone.
+per id of a scope (a user, a tenant, an end customer, a session, a feature, a model, or a
+combination such as `customer+feature`) over a calendar period (hour, day, week, month) in a time zone.
 Its limit is, in order: the override for the id, the limit of the span's tier, the
 budget's default `limit`. A null limit means unlimited (counted, never enforced); a tier
 or override that gives only `usd` (or only `tokens`) keeps the other from `limit`.
@@ -23,13 +23,16 @@ Period = Literal["hour", "day", "week", "month"]
 # Scope dimension -> where its value comes from (documented; extraction lives in accounting.py).
 SCOPE_SOURCES: dict[str, str] = {
     "user": "user.id",
-    "tenant": "tenant.id",
+    "tenant": "tenant.id (the resource's, stamped from the auth token, else the span's)",
+    "customer": "customer.id (the application's end customer)",
+    "session": "session.id, else gen_ai.conversation.id",
     "feature": "app.feature",
-    "model": "gen_ai.response.model, else gen_ai.request.model",
+    "model": "gen_ai.request.model, else gen_ai.response.model (the model identity)",
+    "response_model": "gen_ai.response.model, else gen_ai.request.model (the billed, dated name)",
     "provider": "gen_ai.provider.name",
     "service": "the span's service.name",
 }
-SCOPE_ALIASES: dict[str, str] = {"customer": "tenant"}
+SCOPE_ALIASES: dict[str, str] = {}  # customer is its own dimension (customer.id), no longer tenant
 GLOBAL_SCOPE = "global"
 GLOBAL_ID = "all"
 
@@ -37,7 +40,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def parse_scope(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """'customer+feature' -> ('tenant', 'feature'); 'global' -> (). Raises ValueError."""
+    """'customer+feature' -> ('customer', 'feature'); 'global' -> (). Raises ValueError."""
     parts = value.split("+") if isinstance(value, str) else list(value)
     dims: list[str] = []
     for raw in parts:
@@ -82,8 +85,8 @@ class Limit(ComponentConfig):
 class BudgetConfig(ComponentConfig):
     scope: str | list[str] = Field(
         ...,
-        description="What is counted: user, tenant (alias customer), feature, model, provider, service, "
-        "a combination joined by '+' (tenant+feature), or global.",
+        description="What is counted: user, tenant, customer, session, feature, model, response_model, provider, "
+        "service, a combination joined by '+' (customer+feature), or global.",
     )
     period: Period = Field("day", description="Calendar period the counters reset on.")
     time_zone: str | None = Field(None, description="IANA time zone of the period boundaries; default the sink's.")

@@ -83,7 +83,7 @@ class BudgetExceeded(Exception):
         self.retry_after = decision.retry_after
 
 
-_DIMS = ("user", "tenant", "feature", "model", "provider", "service")
+_DIMS = ("user", "tenant", "customer", "session", "feature", "model", "response_model", "provider", "service")
 
 
 class BudgetGuard:
@@ -382,7 +382,7 @@ def scope_values(scope: Mapping[str, str | None]) -> dict[str, str]:
     for k, v in scope.items():
         dim = SCOPE_ALIASES.get(k, k)
         if dim not in _DIMS:
-            raise TypeError(f"unknown scope {k!r} (known: {', '.join(_DIMS)}, customer)")
+            raise TypeError(f"unknown scope {k!r} (known: {', '.join(_DIMS)})")
         if v is not None and v != "":
             out[dim] = str(v)
     return out

@@ -36,6 +36,7 @@ _COMMAND_MODULES: list[str] = [
     "alerts",
     "dead_letter",
     "token",
+    "sessions",
 ]
 
 for _name in _COMMAND_MODULES:

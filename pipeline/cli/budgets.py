@@ -19,7 +19,7 @@ from pipeline.tenants import DEFAULT_TENANT
 
 @click.group("budgets")
 def budgets() -> None:
-    """Live budgets: spend against limits per user, tenant, feature, model or service."""
+    """Live budgets: spend against limits per user, tenant, customer, session, feature, model or service."""
 
 
 @budgets.command("show")

@@ -20,6 +20,12 @@ import click
 from pipeline.cli.options import config_options, current_token, endpoint_options, load_or_exit, token_option
 from pipeline.config import Config, parse_endpoint
 
+# The `by` values of GET /api/analytics/cost (pipeline.query.traces.COST_DIMENSIONS, not imported:
+# it would load clickhouse-connect at CLI start).
+COST_DIMENSIONS = (
+    "model", "response_model", "service", "user", "feature", "operation", "provider", "session", "tenant", "customer",
+)  # fmt: skip
+
 
 class ApiUnreachable(Exception):
     pass
@@ -142,21 +148,23 @@ def traces_show(trace_id: str, config_path: str | None, data_dir: str | None, ap
 @click.option("--service")
 @click.option("--model")
 @click.option("--user")
+@click.option("--session", help="Only the traces of this session (session.id or gen_ai.conversation.id).")
 @click.option("--status", type=click.Choice(["ok", "error", "unset"]))
 @click.option("--min-cost", type=float, help="Only traces costing at least this many USD.")
 @click.option("--since", help="Only traces started within this window, e.g. 15m, 24h, 7d.")
 @click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--cursor", help="Start after this cursor (printed as the next page cursor of a previous page).")
 @click.option("--json", "as_json", is_flag=True)
 def traces_list(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None,
                 service: str | None,
-                model: str | None, user: str | None, status: str | None, min_cost: float | None,
-                since: str | None, limit: int, as_json: bool) -> None:
+                model: str | None, user: str | None, session: str | None, status: str | None,
+                min_cost: float | None, since: str | None, limit: int, cursor: str | None, as_json: bool) -> None:
     """List recent traces (newest first) with their totals."""
     from pipeline.query.render import render_trace_list
 
     cfg = load_or_exit(config_path, data_dir=data_dir, api=api)
-    params = {"service": service, "model": model, "user": user, "status": status, "min_cost": min_cost,
-              "since": since, "limit": limit}
+    params = {"service": service, "model": model, "user": user, "session": session, "status": status,
+              "min_cost": min_cost, "since": since, "limit": limit, "cursor": cursor}
     result = _fetch(cfg, api_url, "/api/traces", params, "list_traces",
                     **{k: v for k, v in params.items() if v is not None})
     click.echo(json.dumps(result, indent=2) if as_json else render_trace_list(result))
@@ -165,8 +173,8 @@ def traces_list(config_path: str | None, data_dir: str | None, api: str | None, 
 @click.command()
 @config_options
 @api_option
-@click.option("--by", "by", type=click.Choice(["model", "service", "user", "feature", "operation", "provider"]),
-              default="model", show_default=True, help="Group spend by this dimension.")
+@click.option("--by", "by", type=click.Choice(list(COST_DIMENSIONS)), default="model", show_default=True,
+              help="Group spend by this dimension (model: the request model, else the response model).")
 @click.option("--since", default="24h", show_default=True, help="Window to look at, e.g. 15m, 24h, 7d.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
 def cost(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None, by: str,

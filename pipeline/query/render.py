@@ -181,7 +181,7 @@ def render_cost(rows: list[dict[str, Any]] | None, by: str) -> str:
     rows = rows or []
     if not rows:
         return f"no GenAI spend recorded (by {by})"
-    latency = "TRACE" if by in ("user", "feature") else ""
+    latency = "TRACE" if by in ("user", "feature", "tenant") else ""
     header = [
         by.upper(),
         "COST",

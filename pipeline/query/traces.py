@@ -10,9 +10,11 @@ running pipeline's API or opened the store itself.
   and trace totals (duration, cost, tokens, spans, errors).
 - `list_traces(...)`: trace summaries, newest first, from the per-trace summary table,
   filtered and paginated by an opaque keyset cursor.
-- `cost_by(by, since)`: spend, tokens, calls and p50/p95 latency per model, service,
-  operation or provider (from the LLM span rows) or per user or feature (trace-level
-  attribution: the user/feature set anywhere in a trace owns the cost of all its spans).
+- `cost_by(by, since)`: spend, tokens, calls and p50/p95 latency per model (the request
+  model, else the response model), response_model, service, operation, provider, session
+  (session.id, else gen_ai.conversation.id) or customer (customer.id) from the LLM span
+  rows, or per user, feature or tenant (trace-level attribution: the value set anywhere in
+  a trace owns the cost of all its spans).
 
 Values from users only ever reach SQL as bound parameters. Reads run on one dedicated
 thread (chDB is safe with one writer and one reader thread in a process); the client is
@@ -42,16 +44,25 @@ _UNIT_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9, 
 _MAX_SINCE_NS = 100 * 366 * 86400 * 10**9
 _MISSING_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE: nothing stored yet
 
-COST_DIMENSIONS = ("model", "service", "user", "feature", "operation", "provider")
+COST_DIMENSIONS = (
+    "model", "response_model", "service", "user", "feature", "operation", "provider", "session", "tenant", "customer",
+)  # fmt: skip
+# The model identity (pipeline/semconv.py model_of): the request model, else the response model.
+MODEL_EXPR = "if(RequestModel != '', RequestModel, ResponseModel)"
+# A conversation's id: session.id, else gen_ai.conversation.id.
+SESSION_EXPR = "if(SessionId != '', SessionId, ConversationId)"
 # Dimensions grouped over LLM span rows (fixed SQL expressions, never user input).
 _SPAN_GROUP_EXPR = {
-    "model": "if(RequestModel != '', RequestModel, ResponseModel)",
+    "model": MODEL_EXPR,
+    "response_model": "if(ResponseModel != '', ResponseModel, RequestModel)",
     "service": "ServiceName",
     "operation": "GenAiOperation",
     "provider": "GenAiProvider",
+    "session": SESSION_EXPR,
+    "customer": "SpanAttributes['customer.id']",
 }
 # Dimensions taken from trace-level attribution in the summary table.
-_TRACE_GROUP_EXPR = {"user": "max(UserId)", "feature": "max(Feature)"}
+_TRACE_GROUP_EXPR = {"user": "max(UserId)", "feature": "max(Feature)", "tenant": "max(TenantId)"}
 TRACE_STATUSES = ("ok", "error", "unset")
 MAX_LIMIT = 1000
 MAX_TRACE_SPANS = 50_000
@@ -94,6 +105,13 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         return int(start), normalize_trace_id(tid)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValueError("cursor: not a cursor returned by a previous page") from None
+
+
+def _and_where(where: str, condition: str) -> str:
+    """`where` (a WHERE clause or "") with `condition` added."""
+    if not condition:
+        return where
+    return f"{where} AND {condition}" if where else f"WHERE {condition}"
 
 
 def _none_if_empty(value: str) -> str | None:
@@ -428,6 +446,7 @@ class TraceQueries:
         cursor: str | None = None,
         offset: int = 0,
         tenant: str | None = None,
+        session: str | None = None,
     ) -> dict[str, Any]:
         """Trace summaries newest first; `next` is the cursor of the following page (or None).
         `tenant`: only that tenant's traces (None: every tenant)."""
@@ -441,12 +460,12 @@ class TraceQueries:
         # Candidate traces: some summary row matches. Cheap to find, and every row of a candidate
         # is still aggregated, so HAVING judges whole traces.
         candidates: list[str] = []
-        rows_of = ""
+        tenant_rows = ""  # only this tenant's summary rows count
         if tenant is not None:
             params["tenant"] = tenant
             candidates.append("TenantId = {tenant:String}")
             having.append("TraceTenant = {tenant:String}")
-            rows_of = "{} TenantId = {{tenant:String}}"  # only this tenant's summary rows count
+            tenant_rows = "TenantId = {tenant:String}"
         cutoff = self._cutoff(since)
         if cutoff is not None:
             params["cutoff"] = cutoff
@@ -464,6 +483,14 @@ class TraceQueries:
             params["user"] = user
             candidates.append("UserId = {user:String}")
             having.append("TraceUser = {user:String}")
+        session_filter = ""
+        if session:
+            params["session"] = session
+            # Any span of the trace in the session (session.id, else gen_ai.conversation.id).
+            session_filter = (
+                f"TraceId IN (SELECT TraceId FROM {self.spans_table} "
+                "WHERE SessionId = {session:String} OR ConversationId = {session:String})"
+            )
         if status is not None:
             st = str(status).lower()
             if st not in TRACE_STATUSES:
@@ -497,7 +524,7 @@ SELECT TraceId,
     max(Feature) AS TraceFeature, max(UserId) AS TraceUser, max(TenantId) AS TraceTenant,
     max(SessionId) AS TraceSession
 FROM {self.summary_table}
-{self._candidates(candidates)}{rows_of.format(" AND" if candidates else "WHERE")}
+{_and_where(_and_where(self._candidates(candidates), tenant_rows), session_filter)}
 GROUP BY TraceId
 HAVING {" AND ".join(having)}
 ORDER BY StartNs DESC, TraceId DESC
