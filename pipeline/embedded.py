@@ -41,8 +41,9 @@ class Endpoints:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_receivers(config: Config, transport: Any, telemetry: Telemetry) -> list[Any]:
-    """The OTLP receivers the config declares, bound to `transport`."""
+def build_receivers(config: Config, transport: Any, telemetry: Telemetry, logs: Any = None) -> list[Any]:
+    """The OTLP receivers the config declares, bound to `transport`; their OTLP logs go to
+    `logs` (a LogsDestination; None: counted and dropped)."""
     from pipeline.receivers.otlp_grpc import OtlpGrpcReceiver
     from pipeline.receivers.otlp_http import OtlpHttpReceiver
 
@@ -60,6 +61,8 @@ def build_receivers(config: Config, transport: Any, telemetry: Telemetry) -> lis
             receivers.append(OtlpGrpcReceiver(rid, cfg, transport, telemetry, rlog))
         if getattr(cfg, "http", None) is not None:
             receivers.append(OtlpHttpReceiver(rid, cfg, transport, telemetry, rlog))
+    for r in receivers:
+        r.signals_logs = logs  # pipeline/receivers/otlp_signals.py
     return receivers
 
 
@@ -76,6 +79,7 @@ class EmbeddedRuntime:
         self.servers: list[RunningServer] = []
         self.endpoints = Endpoints()
         self.queries: Any = None
+        self.logs_store: Any = None
         self._worker: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(2)
@@ -97,7 +101,10 @@ class EmbeddedRuntime:
             self.queries = await open_queries(cfg, self.chain)
             self._worker = asyncio.create_task(self._work(), name="tracepipe-worker")
             await self._start_servers()
-            self.receivers = build_receivers(cfg, self.transport, self.telemetry)
+            from pipeline.logs_store import build_logs_store
+
+            self.logs_store = await build_logs_store(cfg, self.chain, self.telemetry)
+            self.receivers = build_receivers(cfg, self.transport, self.telemetry, logs=self.logs_store)
             for r in self.receivers:
                 await r.start()
         except BaseException:
@@ -141,6 +148,9 @@ class EmbeddedRuntime:
             with contextlib.suppress(Exception):
                 await r.stop()
         await self.transport.close()
+        if self.logs_store is not None:
+            with contextlib.suppress(Exception):
+                await self.logs_store.close()
         if self._worker is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), self.config.service.shutdown_timeout)

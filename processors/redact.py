@@ -453,6 +453,55 @@ class RedactProcessor(BaseProcessor):
         parts.append(text[last:])
         container[ckey] = "".join(parts)
 
+    # --- plain values (log record bodies and attributes) -------------------------------------
+    # PROVISIONAL (branch attribution-signals): a minimal `redact_values` so the logs store can
+    # call the API the security-redact branch adds. At merge, replace this method with theirs
+    # (same signature); pipeline/logs_store.py only calls `redact_values`.
+
+    def redact_values(self, values: list[Any]) -> list[Any]:
+        """`values` (str, bytes, numbers, lists, dicts, nested) redacted with this processor's
+        rules and actions, same shapes; a dict's keys on `deny_keys` are handled as for span
+        attributes. A value (or nested item) whose action is `drop` becomes None. The input is
+        not modified."""
+        import copy
+
+        top: dict[int, Any] = dict(enumerate(copy.deepcopy(values)))
+        counts: Counter[str] = Counter()
+        slots: list[Slot] = []
+        for i, value in list(top.items()):
+            if isinstance(value, bytes | bytearray):
+                value = top[i] = bytes(value).decode("utf-8", "replace")
+            if type(value) is str:
+                if len(value) >= MIN_VALUE_LEN:
+                    slots.append((top, i, top, i, value))
+            elif isinstance(value, dict):
+                self._collect_attrs(value, slots, counts)
+            elif isinstance(value, list):
+                self._collect_nested(value, top, i, slots)
+        if slots:
+            encoded = [s[4].encode("utf-8", "surrogatepass") for s in slots]
+            starts: list[int] = []
+            pos = 0
+            for b in encoded:
+                starts.append(pos)
+                pos += len(b) + 1
+            hits: dict[int, list[tuple[int, list[int] | None]]] = {}
+            for (vi, ri), ends in self.prefilter.candidates(SEPARATOR.join(encoded), starts).items():
+                ascii_only = len(encoded[vi]) == len(slots[vi][4])
+                hits.setdefault(vi, []).append((ri, ends if ascii_only else None))
+            dropped: set[tuple[int, str]] = set()
+            for vi, rule_hits in hits.items():
+                _container, _ckey, owner, owner_key, text = slots[vi]
+                if (id(owner), owner_key) in dropped:
+                    continue
+                findings = self._findings(text, rule_hits)
+                if findings:
+                    self._apply(slots[vi], findings, counts, dropped)
+        if counts:
+            for kind, n in counts.items():
+                self._findings_counter(kind).inc(n)
+        return [top.get(i) for i in range(len(values))]
+
 
 factory = Factory(
     "redact", RedactConfig, RedactProcessor, "Masks, hashes or drops secrets and PII in attributes before any sink."

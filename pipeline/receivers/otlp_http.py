@@ -89,6 +89,9 @@ class OtlpHttpReceiver:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post(PATH, self._traces)
+        from pipeline.receivers.otlp_signals_http import add_signal_routes  # /v1/logs, /v1/metrics
+
+        add_signal_routes(app, self)
         return app
 
     async def start(self) -> None:
@@ -98,7 +101,9 @@ class OtlpHttpReceiver:
         # auto_decompress off: gzip is inflated here, incrementally and capped
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        from pipeline.receivers.http2_guard import guarded_site  # one warning per gRPC client address
+
+        site = guarded_site(runner, host, port, self)
         try:
             await site.start()
         except OSError as e:
