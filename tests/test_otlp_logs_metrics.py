@@ -365,9 +365,11 @@ def test_http2_guard_remembers_a_bounded_number_of_addresses() -> None:
     from pipeline.receivers.http2_guard import Http2Guard
     from pipeline.telemetry import Telemetry
 
+    from pipeline.config import OtlpReceiverConfig
+
     class _Receiver:
         receiver_id = "otlp"
-        cfg = build_config({}).receivers["otlp"].config
+        cfg = OtlpReceiverConfig()
         telemetry = Telemetry()
 
     log = logging.getLogger("test.http2_guard")
