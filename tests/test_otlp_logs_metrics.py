@@ -362,10 +362,9 @@ async def test_grpc_client_on_the_http_port_gets_one_warning_per_address(runtime
 
 
 def test_http2_guard_remembers_a_bounded_number_of_addresses() -> None:
+    from pipeline.config import OtlpReceiverConfig
     from pipeline.receivers.http2_guard import Http2Guard
     from pipeline.telemetry import Telemetry
-
-    from pipeline.config import OtlpReceiverConfig
 
     class _Receiver:
         receiver_id = "otlp"
