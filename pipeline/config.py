@@ -157,6 +157,9 @@ class KafkaTransportConfig(ComponentConfig):
     brokers: str = Field("localhost:9092", description="Comma-separated bootstrap servers.")
     topic: str = Field("otlp_spans", description="Topic carrying OTLP ExportTraceServiceRequest protobuf.")
     alerts_topic: str = Field("tracepipe.alerts", description="Topic receiving alert events as JSON.")
+    logs_topic: str = Field(
+        "otlp_logs", description="Topic the receiver role sends OTLP logs to (ExportLogsServiceRequest protobuf)."
+    )
     partitions: int = Field(12, gt=0, description="Partitions used when the topic is created.")
     replication_factor: int = Field(1, gt=0)
     create_topics: bool = Field(True, description="Create missing topics at start (else only verify).")
