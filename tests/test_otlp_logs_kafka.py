@@ -72,10 +72,11 @@ async def test_receiver_role_sends_logs_to_the_otlp_logs_topic_keyed_by_trace(ka
     rt = ReceiverRuntime(cfg)
     ep = await rt.start()
     try:
-        async with aiohttp.ClientSession() as s:
-            async with s.post(f"http://{ep.otlp_http}/v1/logs", data=logs_request(21, 1, "via http").SerializeToString(),
-                              headers={"Content-Type": "application/x-protobuf"}) as r:
-                assert r.status == 200
+        body = logs_request(21, 1, "via http").SerializeToString()
+        async with aiohttp.ClientSession() as s, s.post(
+            f"http://{ep.otlp_http}/v1/logs", data=body, headers={"Content-Type": "application/x-protobuf"}
+        ) as r:
+            assert r.status == 200
         async with grpc.aio.insecure_channel(ep.otlp_grpc) as ch:
             await logs_service_pb2_grpc.LogsServiceStub(ch).Export(logs_request(22, 1, "via grpc", n=2))
     finally:
