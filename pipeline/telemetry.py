@@ -99,6 +99,15 @@ class Telemetry:
             "client on the OTLP/HTTP port).",
             ["receiver", "protocol"], namespace=ns, registry=r,
         )
+        self.genai_client_metric_points_skipped = Counter(
+            "genai_client_metric_points_skipped",
+            "OTLP GenAI client metric points not re-exposed (reason: too_many_streams, bucket_mismatch).",
+            ["reason"], namespace=ns, registry=r,
+        )
+        from pipeline.genai_client_metrics import GenAiClientMetrics  # tracepipe_genai_client_* histograms
+
+        self.genai_client = GenAiClientMetrics(self.guard, self.genai_client_metric_points_skipped)
+        r.register(self.genai_client)
         # --- transport -------------------------------------------------------------
         self.queue_size = Gauge(
             "queue_size", "Spans waiting in or in flight from the transport queue.",

@@ -111,3 +111,7 @@ def test_openai_v2_prompt_and_completion_show_with_their_span_redacted(fake_open
     metrics = pipeline.metrics()
     assert 'tracepipe_receiver_accepted_data_points_total{receiver="otlp"}' in metrics
     assert 'tracepipe_genai_log_records_total{event="gen_ai.choice"}' in metrics
+    # the instrumentation's GenAI client histograms, re-exposed
+    assert 'tracepipe_genai_client_token_usage_tokens_count{model="gpt-4o-mini-2024-07-18",operation="chat",' \
+           'provider="openai",service="genai-logs-e2e",type="input"}' in metrics
+    assert 'tracepipe_genai_client_operation_duration_seconds_count{model="gpt-4o-mini-2024-07-18"' in metrics

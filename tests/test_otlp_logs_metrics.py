@@ -389,3 +389,47 @@ def test_json_mapping_parses_logs_and_metrics_with_hex_ids() -> None:
     assert parse_json_logs_request(to_json(req)) == req
     m = metrics_request(2)
     assert parse_json_metrics_request(json_format.MessageToJson(m).encode()) == m
+
+
+GENAI_ATTRS = {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o",
+               "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.token.type": "input"}
+
+
+class _SdkHistogram:
+    """gen_ai.client.token.usage recorded by the real metrics SDK, encoded by the OTLP exporter's encoder."""
+
+    def __init__(self, delta: bool) -> None:
+        from opentelemetry.sdk.metrics import Histogram, MeterProvider
+        from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+        from opentelemetry.sdk.resources import Resource
+
+        temporality = {Histogram: AggregationTemporality.DELTA} if delta else {}
+        self.reader = InMemoryMetricReader(preferred_temporality=temporality)
+        provider = MeterProvider(metric_readers=[self.reader], resource=Resource.create({"service.name": "chat-app"}))
+        self.hist = provider.get_meter("opentelemetry.instrumentation.openai_v2").create_histogram(
+            "gen_ai.client.token.usage", unit="{token}")
+
+    def export(self, *values: int) -> ExportMetricsServiceRequest:
+        from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+
+        for v in values:
+            self.hist.record(v, GENAI_ATTRS)
+        return encode_metrics(self.reader.get_metrics_data())
+
+
+@pytest.mark.parametrize("delta", [False, True])
+async def test_genai_token_usage_histograms_are_reexposed_without_double_counting(runtime, delta) -> None:
+    sdk = _SdkHistogram(delta)
+    url = f"http://{runtime.endpoints.otlp_http}/v1/metrics"
+    first = sdk.export(100, 200)
+    assert (await post(url, first.SerializeToString(), PB))[0] == 200
+    if not delta:  # a cumulative export resent (a client retry, or the next period without calls)
+        assert (await post(url, first.SerializeToString(), PB))[0] == 200
+    assert (await post(url, sdk.export(50).SerializeToString(), PB))[0] == 200
+    labels = {"service": "chat-app", "provider": "openai", "model": "gpt-4o-2024-08-06", "operation": "chat",
+              "type": "input"}
+    assert metric_value(runtime, "tracepipe_genai_client_token_usage_tokens_count", **labels) == 3
+    assert metric_value(runtime, "tracepipe_genai_client_token_usage_tokens_sum", **labels) == 350
+    # buckets are the instrumentation's bounds, cumulative as Prometheus wants them
+    assert metric_value(runtime, "tracepipe_genai_client_token_usage_tokens_bucket", le="+Inf", **labels) == 3
+    assert metric_value(runtime, "tracepipe_genai_client_token_usage_tokens_bucket", le="100.0", **labels) == 2

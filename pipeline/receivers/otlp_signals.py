@@ -9,7 +9,8 @@ Logs (`LogsService/Export`, `POST /v1/logs`):
     Without a destination (no clickhouse sink configured) the records are counted and dropped.
 
 Metrics (`MetricsService/Export`, `POST /v1/metrics`): data points are counted and
-acknowledged; they are not stored or re-exposed (see README, "OTLP logs and metrics").
+acknowledged, not stored; the GenAI client histograms among them are re-exposed on /metrics
+(pipeline/genai_client_metrics.py).
 
 Telemetry (labelled by receiver id): `receiver_accepted_log_records{receiver}`,
 `receiver_refused_log_records{receiver,reason}` (invalid, too_many_records, queue_full,
@@ -228,6 +229,10 @@ class SignalHandler:
                 f"request has {total} data points, more than max_spans_per_request "
                 f"({self.cfg.max_spans_per_request})",
             )
+        try:  # gen_ai.client.* histograms -> tracepipe_genai_client_* on /metrics
+            self.telemetry.genai_client.observe(req)
+        except Exception:
+            self.log.exception("receiver %s: folding GenAI client metrics failed", self.receiver_id)
         self._accepted_points.inc(total)
         return SignalResult(Outcome.ACCEPTED, ExportMetricsServiceResponse())
 
