@@ -160,7 +160,7 @@ class LogsStore:
         if not await self._acquire(timeout):
             return Offer.FULL
         try:
-            return await self._store(request)
+            return await self.store(request)
         finally:
             async with self._cond:
                 self._pending -= 1
@@ -178,7 +178,9 @@ class LogsStore:
             self._pending += 1
             return True
 
-    async def _store(self, request: ExportLogsServiceRequest) -> Offer:
+    async def store(self, request: ExportLogsServiceRequest) -> Offer:
+        """Redact and insert the request now (no slot): ACCEPTED once stored, UNAVAILABLE when the
+        store failed transiently; raises when ClickHouse refused the rows themselves."""
         from sinks.clickhouse import is_bad_data
         from sinks.clickhouse_logs import log_rows_to_arrow
 

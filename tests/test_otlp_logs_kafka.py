@@ -88,3 +88,47 @@ async def test_receiver_role_sends_logs_to_the_otlp_logs_topic_keyed_by_trace(ka
     assert len(grpc_msg.resource_logs[0].scope_logs[0].log_records) == 2
     assert grpc_msg.resource_logs[0].scope_logs[0].log_records[0].body.kvlist_value.values[0].value.string_value \
         == "via grpc"
+
+
+def test_worker_stores_logs_from_the_topic_redacted_and_shows_them_with_their_span(kafka: RunningService,
+                                                                                   tmp_path) -> None:
+    import urllib.request
+
+    import yaml
+
+    from tests.distributed_helpers import role_env, start_role, wait_for, write_config
+    from tests.test_otlp_logs_metrics import SECRET, span_request
+
+    path = write_config(tmp_path, topic="logs_e2e_spans", group="logs-e2e",
+                        kafka={"logs_topic": "logs_e2e_logs", "partitions": 2})
+    raw = yaml.safe_load(path.read_text())
+    raw["processors"]["redact"] = {"custom_rules": [{"id": "planted", "regex": "SECRET-[0-9]{6}"}]}
+    raw["service"]["pipelines"]["traces"]["processors"].append("redact")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = role_env(kafka.url, chdb_dir=tmp_path / "ch", data_dir=tmp_path / "data")
+    worker = start_role("worker", path, env, tmp_path / "worker.log")
+    receiver = start_role("receiver", path, env, tmp_path / "receiver.log")
+    try:
+        def post(kind: str, body: bytes) -> int:
+            req = urllib.request.Request(f"{receiver.otlp_http}/v1/{kind}", data=body, method="POST",
+                                         headers={"Content-Type": "application/x-protobuf"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+
+        # the log event first, its span after: both orders meet at query time
+        assert post("logs", logs_request(31, 4, f"the key is {SECRET}", event="gen_ai.user.message")
+                    .SerializeToString()) == 200
+        assert post("traces", span_request(31, 4).SerializeToString()) == 200
+        tid = _trace_id(31).hex()
+
+        def shown() -> dict | None:
+            status, body = worker.get(f"/api/traces/{tid}")
+            return body if status == 200 and body["spans"][0].get("logs") else None
+
+        trace = wait_for(shown, 60, "the log event with its span on the worker")
+        (rec,) = trace["spans"][0]["logs"]
+        assert rec["event_name"] == "gen_ai.user.message"
+        assert SECRET not in rec["body"] and "[REDACTED:planted:" in rec["body"]
+    finally:
+        receiver.stop()
+        worker.stop()

@@ -10,9 +10,7 @@ It is the span transport's producer (pipeline/transport/kafka_producer.py) on an
 with the same contract: ACCEPTED only once Kafka acknowledged every message (acks=all),
 FULL beyond `max_in_flight_spans` records awaiting acks, UNAVAILABLE when the broker is down.
 
-Not consumed yet: the worker does not read `otlp_logs`, so in distributed mode log records
-are durable in Kafka but are neither redacted, stored in `otel_logs` nor shown with their spans
-(see README, "OTLP logs and metrics").
+Workers consume the topic (pipeline/logs_consumer.py): redaction, then `otel_logs`.
 """
 
 from __future__ import annotations
