@@ -108,6 +108,9 @@ def test_openai_v2_prompt_and_completion_show_with_their_span_redacted(fake_open
     assert choice["message"]["content"] and choice["finish_reason"] == "stop"
     assert SECRET not in shown.stdout
 
+    text = cli("traces", "show", chat["trace_id"], "--api-url", pipeline.api)
+    assert text.returncode == 0 and "3 log event(s)" in text.stdout, text.stdout + text.stderr
+
     metrics = pipeline.metrics()
     assert 'tracepipe_receiver_accepted_data_points_total{receiver="otlp"}' in metrics
     assert 'tracepipe_genai_log_records_total{event="gen_ai.choice"}' in metrics
