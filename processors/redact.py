@@ -461,16 +461,19 @@ class RedactProcessor(BaseProcessor):
     def redact_values(self, values: list[Any]) -> list[Any]:
         """`values` (str, bytes, numbers, lists, dicts, nested) redacted with this processor's
         rules and actions, same shapes; a dict's keys on `deny_keys` are handled as for span
-        attributes. A value (or nested item) whose action is `drop` becomes None. The input is
-        not modified."""
+        attributes. A top-level value (or list item) whose action is `drop` becomes None, a
+        dict entry is removed. Top-level bytes are scanned as UTF-8 and returned as bytes;
+        bytes nested in lists/dicts are not scanned. The input is not modified."""
         import copy
 
         top: dict[int, Any] = dict(enumerate(copy.deepcopy(values)))
         counts: Counter[str] = Counter()
         slots: list[Slot] = []
+        was_bytes: set[int] = set()
         for i, value in list(top.items()):
-            if isinstance(value, bytes | bytearray):
-                value = top[i] = bytes(value).decode("utf-8", "replace")
+            if isinstance(value, bytes | bytearray):  # scanned as UTF-8 text, returned as bytes
+                was_bytes.add(i)
+                value = top[i] = bytes(value).decode("utf-8", "surrogateescape")
             if type(value) is str:
                 if len(value) >= MIN_VALUE_LEN:
                     slots.append((top, i, top, i, value))
@@ -500,6 +503,9 @@ class RedactProcessor(BaseProcessor):
         if counts:
             for kind, n in counts.items():
                 self._findings_counter(kind).inc(n)
+        for i in was_bytes:
+            if isinstance(top.get(i), str):
+                top[i] = top[i].encode("utf-8", "surrogateescape")
         return [top.get(i) for i in range(len(values))]
 
 

@@ -433,3 +433,23 @@ async def test_genai_token_usage_histograms_are_reexposed_without_double_countin
     # buckets are the instrumentation's bounds, cumulative as Prometheus wants them
     assert metric_value(runtime, "tracepipe_genai_client_token_usage_tokens_bucket", le="+Inf", **labels) == 3
     assert metric_value(runtime, "tracepipe_genai_client_token_usage_tokens_bucket", le="100.0", **labels) == 2
+
+
+def test_redact_values_redacts_plain_values_and_keeps_their_shapes() -> None:
+    from pathlib import Path
+
+    from pipeline.component import ComponentContext
+    from pipeline.state import MemoryStateStore
+    from pipeline.telemetry import Telemetry
+    from processors.redact import RedactConfig, RedactProcessor
+
+    cfg = RedactConfig.model_validate({"custom_rules": [{"id": "planted", "regex": "SECRET-[0-9]{6}"}]})
+    ctx = ComponentContext("redact", Telemetry(), MemoryStateStore(), Path("."), logging.getLogger("t"))
+    proc = RedactProcessor("redact", cfg, ctx)
+    values = [f"key {SECRET}", f"raw {SECRET}".encode(), {"content": f"x {SECRET}", "n": 3},
+              [f"a {SECRET}", {"deep": f"b {SECRET}"}], 42, None]
+    out = proc.redact_values(values)
+    assert [type(v) for v in out] == [str, bytes, dict, list, int, type(None)]
+    assert SECRET not in repr(out) and repr(out).count("[REDACTED:planted:") == 5
+    assert out[2]["n"] == 3 and out[4] == 42
+    assert SECRET in values[0]  # the input is not modified

@@ -23,7 +23,16 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from pipeline.otlp.errors import OtlpDecodeError
 from pipeline.otlp.json_mapping import parse_json_logs_request, parse_json_metrics_request
 from pipeline.receivers.otlp_export import Outcome
-from pipeline.receivers.otlp_http import _HTTP_STATUS, _JSON_INLINE_BYTES, _WBITS, JSON, PROTOBUF, _read_body, _reply
+from pipeline.receivers.otlp_http import (
+    _HTTP_STATUS,
+    _JSON_INLINE_BYTES,
+    _WBITS,
+    JSON,
+    PROTOBUF,
+    _read_body,
+    _reply,
+    _TooLarge,
+)
 from pipeline.receivers.otlp_signals import SignalResult, signal_handler_of
 
 LOGS_PATH = "/v1/logs"
@@ -56,12 +65,10 @@ def _route(
             )
         try:
             body = await _read_body(request, limit, _WBITS.get(encoding))
+        except _TooLarge as e:
+            return receiver._error(413, str(e), as_json)
         except OtlpDecodeError as e:
             return receiver._error(400, e.message, as_json)
-        except Exception as e:  # otlp_http._TooLarge
-            if type(e).__name__ != "_TooLarge":
-                raise
-            return receiver._error(413, str(e), as_json)
         try:
             if not as_json:
                 req = parse_pb(body)
