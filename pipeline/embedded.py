@@ -100,10 +100,10 @@ class EmbeddedRuntime:
         try:
             self.queries = await open_queries(cfg, self.chain)
             self._worker = asyncio.create_task(self._work(), name="tracepipe-worker")
-            await self._start_servers()
             from pipeline.logs_store import build_logs_store
 
             self.logs_store = await build_logs_store(cfg, self.chain, self.telemetry)
+            await self._start_servers()
             self.receivers = build_receivers(cfg, self.transport, self.telemetry, logs=self.logs_store)
             for r in self.receivers:
                 await r.start()

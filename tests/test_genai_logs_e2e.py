@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,38 @@ def test_openai_v2_prompt_and_completion_show_with_their_span_redacted(fake_open
     assert 'tracepipe_genai_client_token_usage_tokens_count{model="gpt-4o-mini-2024-07-18",operation="chat",' \
            'provider="openai",service="genai-logs-e2e",type="input"}' in metrics
     assert 'tracepipe_genai_client_operation_duration_seconds_count{model="gpt-4o-mini-2024-07-18"' in metrics
+
+
+def test_acknowledged_log_records_survive_kill_9(tmp_path: Path) -> None:
+    import urllib.request
+
+    from tests.test_otlp_logs_metrics import _trace_id, logs_request, span_request
+
+    data = tmp_path / "data"
+    p = start_pipeline(data)
+    tid = _trace_id(41).hex()
+    try:
+        def post(kind: str, body: bytes) -> int:
+            req = urllib.request.Request(f"{p.otlp_http}/v1/{kind}", data=body, method="POST",
+                                         headers={"Content-Type": "application/x-protobuf"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status
+
+        assert post("traces", span_request(41, 2).SerializeToString()) == 200
+        deadline = time.monotonic() + 30
+        while p.get(f"/api/traces/{tid}")[0] != 200:
+            assert time.monotonic() < deadline, p.log()[-3000:]
+            time.sleep(0.1)
+        assert post("logs", logs_request(41, 2, "acknowledged, then killed", n=3).SerializeToString()) == 200
+        p.proc.kill()  # SIGKILL right after the acknowledgement: no shutdown, no flush
+        p.proc.wait(10)
+    finally:
+        p.stop()
+    again = start_pipeline(data)
+    try:
+        status, trace = again.get(f"/api/traces/{tid}")
+        assert status == 200
+        assert [json.loads(r["body"])["content"] for r in trace["spans"][0]["logs"]] == \
+            ["acknowledged, then killed"] * 3
+    finally:
+        again.stop()
