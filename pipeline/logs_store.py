@@ -77,23 +77,29 @@ def decode_logs(req: ExportLogsServiceRequest) -> list[Any]:
 
 
 def redact_rows(rows: list[Any], redactors: list[Any]) -> None:
-    """Redact, in place, each row's body and attributes and each distinct resource's attributes."""
+    """Redact, in place, each row's body and attributes, and each distinct resource's
+    attributes for the redactors that scan resources (`scan_resource`)."""
     if not rows or not redactors:
         return
     resources: dict[int, dict[str, Any]] = {}
     for r in rows:
         resources.setdefault(id(r.resource_attributes), r.resource_attributes)
-    res_list = list(resources.values())
-    values: list[Any] = [*res_list]
+    old_ids = list(resources)
+    res_list: list[Any] = list(resources.values())
+    rest: list[Any] = []
     for r in rows:
-        values.append(r.body)
-        values.append(r.attributes)
+        rest.append(r.body)
+        rest.append(r.attributes)
     for proc in redactors:
-        values = proc.redact_values(values)
-    new_res = {id(old): new if isinstance(new, dict) else {} for old, new in zip(res_list, values, strict=False)}
-    rest = values[len(res_list) :]
+        scan_resource = getattr(getattr(proc, "config", None), "scan_resource", True)
+        head = res_list if scan_resource else []
+        out = proc.redact_values([*head, *rest])
+        if scan_resource:
+            res_list = out[: len(head)]
+        rest = out[len(head) :]
+    new_res = {rid: new if isinstance(new, dict) else {} for rid, new in zip(old_ids, res_list, strict=True)}
     for i, r in enumerate(rows):
-        r.resource_attributes = new_res.get(id(r.resource_attributes), r.resource_attributes)
+        r.resource_attributes = new_res[id(r.resource_attributes)]
         r.body = rest[2 * i]
         attrs = rest[2 * i + 1]
         r.attributes = attrs if isinstance(attrs, dict) else {}

@@ -239,6 +239,7 @@ async def test_genai_log_event_shows_with_its_span_in_either_arrival_order(runti
 async def test_log_records_are_redacted_before_storage(runtime, chdb_dsn, chdb_database) -> None:
     req = logs_request(12, 6, f"my key is {SECRET}, keep it safe")
     req.resource_logs[0].scope_logs[0].log_records[0].attributes.append(_kv("note", f"token={SECRET}"))
+    req.resource_logs[0].resource.attributes.append(_kv("deploy.note", f"resource {SECRET}"))
     await send_logs(runtime, "http-json", req)
     await send_spans(runtime, span_request(12, 6))
     rows = stored_logs(chdb_dsn, chdb_database)
@@ -246,6 +247,12 @@ async def test_log_records_are_redacted_before_storage(runtime, chdb_dsn, chdb_d
     _tid, _sid, _event, body, _svc, attrs, _sev = rows[0]
     assert SECRET not in body and "[REDACTED:planted:" in body and "keep it safe" in body
     assert SECRET not in attrs["note"] and "[REDACTED:planted:" in attrs["note"]
+    client = clickhouse_connect.get_client(dsn=chdb_dsn)
+    try:
+        (res,) = client.query(f"SELECT ResourceAttributes FROM `{chdb_database}`.otel_logs").result_rows[0]
+    finally:
+        client.close()
+    assert res["service.name"] == "chat-app" and res["deploy.note"].startswith("resource [REDACTED:planted:")
     trace = await wait_trace(runtime, 12, 1)
     assert SECRET not in json.dumps(trace)
     assert metric_value(runtime, "tracepipe_redactions_total", processor="redact", type="planted") >= 2
