@@ -10,7 +10,7 @@ stored: at least once. Inserts are deduplicated by message content, so a redeliv
 message is stored once (within the table's deduplication window). A store failure is
 retried with backoff (the partition waits, nothing is skipped); a message that is not an
 ExportLogsServiceRequest is counted in `tracepipe_kafka_malformed_messages_total{topic}` and
-skipped.
+skipped. Messages taken count in `tracepipe_kafka_consumed_messages_total{topic}`.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ class LogsConsumer:
                 await asyncio.sleep(1)
                 continue
             for tp, records in batches.items():
+                self.telemetry.kafka_consumed_messages.labels(self.topic).inc(len(records))
                 for rec in records:
                     await self._store(rec.value)
                 await self._commit(tp, records[-1].offset + 1)
