@@ -188,6 +188,9 @@ class KafkaTransportConfig(ComponentConfig):
     dead_letter_topic: str = Field(
         "tracepipe.dead-letter", description="Topic receiving dead letters (spans a sink refused) as OTLP protobuf."
     )
+    logs_topic: str = Field(
+        "otlp_logs", description="Topic the receiver role sends OTLP logs to (ExportLogsServiceRequest protobuf)."
+    )
     partitions: int = Field(12, gt=0, description="Partitions used when the topic is created.")
     replication_factor: int = Field(1, gt=0)
     create_topics: bool = Field(True, description="Create missing topics at start (else only verify).")

@@ -49,11 +49,12 @@ class Endpoints:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_receivers(config: Config, transport: Any, telemetry: Telemetry) -> list[Any]:
-    """The receivers the config declares, bound to `transport` (through RECEIVER_FACTORIES)."""
+def build_receivers(config: Config, transport: Any, telemetry: Telemetry, logs: Any = None) -> list[Any]:
+    """The receivers the config declares, bound to `transport` (through RECEIVER_FACTORIES); their
+    OTLP logs go to `logs` (a LogsDestination; None: counted and dropped)."""
     from pipeline.receivers import build_receivers as build
 
-    return build(config, transport, telemetry)
+    return build(config, transport, telemetry, logs)
 
 
 class EmbeddedRuntime:
@@ -71,6 +72,7 @@ class EmbeddedRuntime:
         self.servers: list[RunningServer] = []
         self.endpoints = Endpoints()
         self.queries: Any = None
+        self.logs_store: Any = None
         self._worker: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(2)
@@ -104,8 +106,11 @@ class EmbeddedRuntime:
             self.health.start()
             self.queries = await open_queries(cfg, self.chain)
             self._worker = asyncio.create_task(self._work(), name="tracepipe-worker")
+            from pipeline.logs_store import build_logs_store
+
+            self.logs_store = await build_logs_store(cfg, self.chain, self.telemetry)
             await self._start_servers()
-            self.receivers = build_receivers(cfg, self.transport, self.telemetry)
+            self.receivers = build_receivers(cfg, self.transport, self.telemetry, logs=self.logs_store)
             for r in self.receivers:
                 await r.start()
         except BaseException:
@@ -155,6 +160,9 @@ class EmbeddedRuntime:
             with contextlib.suppress(Exception):
                 await r.stop()
         await self.transport.close()
+        if self.logs_store is not None:
+            with contextlib.suppress(Exception):
+                await self.logs_store.close()
         if self._worker is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), self.config.service.shutdown_timeout)

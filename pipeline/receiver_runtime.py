@@ -32,6 +32,9 @@ class ReceiverRuntime:
         self.config = config
         self.telemetry = telemetry or Telemetry()
         self.transport = KafkaRequestTransport(config.transport.kafka, self.telemetry)
+        from pipeline.transport.kafka_logs import KafkaLogsTransport  # OTLP logs -> logs_topic
+
+        self.logs_transport = KafkaLogsTransport(config.transport.kafka, self.telemetry)
         self.receivers: list[Any] = []
         self.servers: list[RunningServer] = []
         self.endpoints = Endpoints()
@@ -39,11 +42,12 @@ class ReceiverRuntime:
 
     async def start(self) -> Endpoints:
         k = self.config.transport.kafka
-        await ensure_topics(k, {k.topic: k.partitions})
+        await ensure_topics(k, {k.topic: k.partitions, k.logs_topic: k.partitions})
         await self.transport.start()
         try:
+            await self.logs_transport.start()
             await self._start_servers()
-            self.receivers = build_receivers(self.config, self.transport, self.telemetry)
+            self.receivers = build_receivers(self.config, self.transport, self.telemetry, logs=self.logs_transport)
             for r in self.receivers:
                 await r.start()
         except BaseException:
@@ -72,6 +76,7 @@ class ReceiverRuntime:
             with contextlib.suppress(Exception):
                 await r.stop()
         await self.transport.close()
+        await self.logs_transport.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.stop()

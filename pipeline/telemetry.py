@@ -98,6 +98,44 @@ class Telemetry:
             "auth_failures", "Requests refused by auth (reason: missing, malformed, invalid, forbidden).",
             ["listener", "reason"], namespace=ns, registry=r,
         )
+        # --- logs and metrics receivers (pipeline/receivers/otlp_signals.py) ---------
+        self.receiver_accepted_log_records = Counter(
+            "receiver_accepted_log_records",
+            "Log records accepted by a receiver (stored, or handed to the Kafka logs topic).",
+            ["receiver"], namespace=ns, registry=r,
+        )
+        self.receiver_refused_log_records = Counter(
+            "receiver_refused_log_records",
+            "Log records a receiver refused (reason: invalid, too_many_records, busy, unavailable, ...).",
+            ["receiver", "reason"], namespace=ns, registry=r,
+        )
+        self.receiver_accepted_data_points = Counter(
+            "receiver_accepted_data_points", "Metric data points accepted (counted) by a receiver.",
+            ["receiver"], namespace=ns, registry=r,
+        )
+        self.receiver_refused_data_points = Counter(
+            "receiver_refused_data_points", "Metric data points a receiver refused (reason: too_many_points).",
+            ["receiver", "reason"], namespace=ns, registry=r,
+        )
+        self.genai_log_records = Counter(
+            "genai_log_records", "GenAI log events received, by event name (gen_ai.* names only, else other).",
+            ["event"], namespace=ns, registry=r,
+        )
+        self.receiver_wrong_protocol_connections = Counter(
+            "receiver_wrong_protocol_connections",
+            "Connections refused for speaking the wrong protocol (protocol: http2_prior_knowledge = a gRPC "
+            "client on the OTLP/HTTP port).",
+            ["receiver", "protocol"], namespace=ns, registry=r,
+        )
+        self.genai_client_metric_points_skipped = Counter(
+            "genai_client_metric_points_skipped",
+            "OTLP GenAI client metric points not re-exposed (reason: too_many_streams, bucket_mismatch).",
+            ["reason"], namespace=ns, registry=r,
+        )
+        from pipeline.genai_client_metrics import GenAiClientMetrics  # tracepipe_genai_client_* histograms
+
+        self.genai_client = GenAiClientMetrics(self.guard, self.genai_client_metric_points_skipped)
+        r.register(self.genai_client)
         # --- transport -------------------------------------------------------------
         self.queue_size = Gauge(
             "queue_size", "Spans waiting in or in flight from the transport queue.",

@@ -123,6 +123,17 @@ class ClickHouseSinkConfig(ComponentConfig):
         description="Spans table (OTel Collector ClickHouse exporter columns plus GenAI columns); "
         "the per-trace summary is `<table>_trace_summary`.",
     )
+    logs_table: str = Field(
+        "otel_logs",
+        description="Log records table (OTel Collector ClickHouse exporter `otel_logs` columns), in the same "
+        "database with the same TTL; written by the OTLP logs receivers (see sinks/clickhouse_logs.py).",
+    )
+    logs_max_pending_requests: int = Field(
+        4,
+        ge=1,
+        description="OTLP logs requests being stored at once; more get 429 / RESOURCE_EXHAUSTED with Retry-After "
+        "(after waiting up to the receiver's enqueue_timeout for a slot).",
+    )
     ttl_days: int | None = Field(
         30,
         ge=1,
@@ -156,7 +167,7 @@ class ClickHouseSinkConfig(ComponentConfig):
     username: str | None = Field(None, description="User for a ClickHouse server (overrides the DSN's).")
     password: str | None = Field(None, description="Password for a ClickHouse server (overrides the DSN's).")
 
-    @field_validator("database", "table")
+    @field_validator("database", "table", "logs_table")
     @classmethod
     def _identifier(cls, v: str) -> str:
         if not _IDENT.match(v):
@@ -683,6 +694,13 @@ class ClickHouseSink(BaseSink):
 
     def ready(self) -> bool:
         return self._ready
+
+    async def run_with_client(self, fn: Any, *args: Any) -> Any:
+        """`fn(client, *args)` on the sink's client thread, connecting first if needed: other
+        writers of the same store (the logs store) share the sink's one writer thread."""
+        if self._client is None:
+            await self._connect()
+        return await self._run(lambda: fn(self._client, *args))
 
     async def write(self, batch: SpanBatch) -> None:
         if not batch.spans:

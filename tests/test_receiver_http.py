@@ -194,7 +194,7 @@ async def test_gzip_bomb_never_inflates_past_the_limit():
         assert peak < 8 << 20, f"peak {peak} bytes while refusing a gzip bomb"
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/v1/traces", 405), ("POST", "/v1/logs", 404)])
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/v1/traces", 405), ("POST", "/v1/profiles", 404)])
 async def test_wrong_method_or_path(method, path, status):
     async with running(OtlpHttpReceiver) as rig:
         got, _, _ = await post(rig, good_request(1).SerializeToString(), PROTOBUF, path=path, method=method)

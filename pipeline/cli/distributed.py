@@ -97,6 +97,16 @@ async def _serve(cfg: Config, role: str) -> None:
     except Exception as e:
         log.error("tracepipe %s failed to start: %s", role, e)
         raise SystemExit(1) from None
+    logs_consumer: Any = None
+    if role == "worker":  # OTLP logs from the receivers: otlp_logs -> redact -> otel_logs
+        from pipeline.logs_consumer import start_logs_consumer
+
+        try:
+            logs_consumer = await start_logs_consumer(cfg, runtime.chain, runtime.telemetry)
+        except Exception as e:
+            log.error("tracepipe worker: the logs consumer failed to start: %s", e)
+            await runtime.stop()
+            raise SystemExit(1) from None
     k = cfg.transport.kafka
     if role == "receiver":
         log.info("tracepipe receiver running: OTLP gRPC %s, OTLP HTTP %s -> Kafka %s topic %s; API %s, metrics %s",
@@ -107,6 +117,8 @@ async def _serve(cfg: Config, role: str) -> None:
                  k.brokers, k.topic, k.group_id, ep.get("api", "off"), ep.get("metrics", "off"))
     await stop.wait()
     log.info("shutting down")
+    if logs_consumer is not None:
+        await logs_consumer.stop()
     await runtime.stop()
     log.info("stopped")
 

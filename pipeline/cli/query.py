@@ -125,7 +125,8 @@ def traces() -> None:
 @click.argument("trace_id")
 @config_options
 @api_option
-@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON instead of a tree.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the trace as JSON instead of a tree (with each span's log events under `logs`).")
 def traces_show(trace_id: str, config_path: str | None, data_dir: str | None, api: str | None,
                 api_url: str | None, as_json: bool) -> None:
     """Print the span tree of TRACE_ID (32 hex chars) with durations, models, tokens and cost."""

@@ -19,6 +19,8 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
@@ -26,7 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Status
 from pipeline.otlp.errors import OtlpDecodeError
 from pipeline.otlp.limits import ensure_decodable
 
-__all__ = ["parse_json_request", "response_to_json"]
+__all__ = ["parse_json_logs_request", "parse_json_metrics_request", "parse_json_request", "response_to_json"]
 
 # id field (either spelling) -> required byte length
 _SPAN_IDS = {"traceId": 16, "trace_id": 16, "spanId": 8, "span_id": 8, "parentSpanId": 8, "parent_span_id": 8}
@@ -132,6 +134,83 @@ def _parse_doc(doc: dict[str, Any]) -> ExportTraceServiceRequest:
         raise OtlpDecodeError(f"invalid OTLP/JSON at {_describe(str(e))}") from None
     except Exception as e:  # json_format raising anything else is still bad input, never a 500
         raise OtlpDecodeError(f"invalid OTLP/JSON ({type(e).__name__})") from None
+    return req
+
+
+# --- logs and metrics ------------------------------------------------------------------------
+# The same mapping for ExportLogsServiceRequest and ExportMetricsServiceRequest: their hex ids
+# (a log record's traceId/spanId, a metric exemplar's) are converted, json_format does the rest
+# (logs and metrics are far less voluminous than spans here: no fast path).
+
+_METRIC_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "exponential_histogram", "summary")
+
+
+def _load(body: bytes, top: str) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise OtlpDecodeError(f"body is not valid UTF-8 (byte offset {e.start})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise OtlpDecodeError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise OtlpDecodeError("malformed JSON: nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise OtlpDecodeError(f"expected a JSON object with {top}")
+    return doc
+
+
+def _parse_dict(doc: dict[str, Any], message: Message) -> None:
+    try:
+        json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as e:
+        raise OtlpDecodeError(f"invalid OTLP/JSON at {_describe(str(e))}") from None
+
+
+def parse_json_logs_request(body: bytes) -> ExportLogsServiceRequest:
+    """An OTLP/JSON logs body -> ExportLogsServiceRequest. Raises OtlpDecodeError."""
+    doc = _load(body, "resourceLogs")
+    for ri, rl in enumerate(_list(doc, "resourceLogs", "resource_logs", "")):
+        rpath = f"resourceLogs[{ri}]"
+        rl = _object(rl, rpath)
+        for si, sl in enumerate(_list(rl, "scopeLogs", "scope_logs", rpath)):
+            spath = f"{rpath}.scopeLogs[{si}]"
+            sl = _object(sl, spath)
+            for i, rec in enumerate(_list(sl, "logRecords", "log_records", spath)):
+                path = f"{spath}.logRecords[{i}]"
+                _hex_ids(_object(rec, path), _LINK_IDS, path)
+    req = ExportLogsServiceRequest()
+    _parse_dict(doc, req)
+    return req
+
+
+def parse_json_metrics_request(body: bytes) -> ExportMetricsServiceRequest:
+    """An OTLP/JSON metrics body -> ExportMetricsServiceRequest. Raises OtlpDecodeError."""
+    doc = _load(body, "resourceMetrics")
+    for ri, rm in enumerate(_list(doc, "resourceMetrics", "resource_metrics", "")):
+        rpath = f"resourceMetrics[{ri}]"
+        rm = _object(rm, rpath)
+        for si, sm in enumerate(_list(rm, "scopeMetrics", "scope_metrics", rpath)):
+            spath = f"{rpath}.scopeMetrics[{si}]"
+            sm = _object(sm, spath)
+            for mi, metric in enumerate(_list(sm, "metrics", "metrics", spath)):
+                mpath = f"{spath}.metrics[{mi}]"
+                metric = _object(metric, mpath)
+                for kind in _METRIC_KINDS:
+                    data = metric.get(kind)
+                    if data is None:
+                        continue
+                    kpath = f"{mpath}.{kind}"
+                    data = _object(data, kpath)
+                    for pi, point in enumerate(_list(data, "dataPoints", "data_points", kpath)):
+                        ppath = f"{kpath}.dataPoints[{pi}]"
+                        point = _object(point, ppath)
+                        for ei, ex in enumerate(_list(point, "exemplars", "exemplars", ppath)):
+                            epath = f"{ppath}.exemplars[{ei}]"
+                            _hex_ids(_object(ex, epath), _LINK_IDS, epath)
+    req = ExportMetricsServiceRequest()
+    _parse_dict(doc, req)
     return req
 
 
@@ -360,5 +439,5 @@ def _describe(message: str) -> str:
 
 
 def response_to_json(resp: Message) -> bytes:
-    """An ExportTraceServiceResponse (or google.rpc.Status) as OTLP/JSON bytes."""
+    """An OTLP export response (traces, logs, metrics) or google.rpc.Status as OTLP/JSON bytes."""
     return json_format.MessageToJson(resp, indent=None).encode("utf-8")

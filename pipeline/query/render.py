@@ -129,7 +129,11 @@ def render_totals(totals: dict[str, Any]) -> str:
 
 def render_trace(trace: dict[str, Any]) -> str:
     """The span tree of one trace and a totals line."""
-    return "\n".join([*render_tree(trace.get("tree") or []), render_totals(trace.get("totals") or {})])
+    lines = [*render_tree(trace.get("tree") or []), render_totals(trace.get("totals") or {})]
+    n_logs = sum(len(s.get("logs") or []) for s in trace.get("spans") or []) + len(trace.get("logs") or [])
+    if n_logs:  # GenAI log events (prompts, completions): pipeline/query/logs.py
+        lines.append(f"{n_logs} log event(s) with this trace's spans: --json lists them under each span's `logs`")
+    return "\n".join(lines)
 
 
 def _when(ns: int | None) -> str:

@@ -326,6 +326,7 @@ class TraceQueries:
         database: str = "tracepipe",
         table: str = "otel_traces",
         clock_ns: Callable[[], int] = time.time_ns,
+        logs_table: str = "otel_logs",
     ) -> None:
         self._client_factory = client_factory
         self._client: Any = None
@@ -334,6 +335,7 @@ class TraceQueries:
         self.spans_table = f"`{database}`.`{table}`"
         self.summary_table = f"`{database}`.`{table}_trace_summary`"
         self._clock_ns = clock_ns
+        self.logs_table = logs_table  # log records joined onto get_trace (pipeline/query/logs.py)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-queries")
 
     @classmethod
@@ -345,6 +347,7 @@ class TraceQueries:
             lambda: open_client(dsn, username=username, password=password, create=False),
             database=cfg.database,
             table=cfg.table,
+            logs_table=getattr(cfg, "logs_table", "otel_logs"),
             **kwargs,
         )
 
@@ -422,14 +425,19 @@ class TraceQueries:
         totals = trace_totals(spans)
         tree = build_tree(spans)
         root = tree[0] if tree else None
-        return {
-            "trace_id": tid,
-            "root_name": root["name"] if root else None,
-            "root_service": root["service_name"] if root else None,
-            "totals": totals,
-            "tree": tree,
-            "spans": spans,
-        }
+        from pipeline.query.logs import attach_logs
+
+        return await attach_logs(
+            self,
+            {
+                "trace_id": tid,
+                "root_name": root["name"] if root else None,
+                "root_service": root["service_name"] if root else None,
+                "totals": totals,
+                "tree": tree,
+                "spans": spans,
+            },
+        )
 
     # --- trace lists -----------------------------------------------------------------
 

@@ -46,6 +46,8 @@ class ReceiverContext:
     telemetry: Telemetry
     # listener name ("otlp/grpc"), its ServerConfig -> the auth that listener enforces
     auth_for: Callable[[str, ServerConfig], ListenerAuth]
+    # where OTLP logs go (pipeline/receivers/otlp_signals.py LogsDestination); None: counted and dropped
+    logs: Any = None
 
     def logger(self, receiver_id: str) -> logging.Logger:
         return logging.getLogger(f"tracepipe.receiver.{receiver_id}")
@@ -77,6 +79,8 @@ def _otlp_create(receiver_id: str, cfg: Any, ctx: ReceiverContext) -> list[Recei
     if cfg.http is not None:
         auth = ctx.auth_for(f"{receiver_id}/http", cfg.http)
         out.append(OtlpHttpReceiver(receiver_id, cfg, ctx.transport, ctx.telemetry, log, auth=auth))
+    for r in out:
+        r.signals_logs = ctx.logs
     return out
 
 
@@ -104,13 +108,14 @@ def wanted_receivers(config: Config) -> list[str]:
     return [rid for rid in config.receivers if rid in wanted]
 
 
-def build_receivers(config: Config, transport: RequestTransport, telemetry: Telemetry,
+def build_receivers(config: Config, transport: RequestTransport, telemetry: Telemetry, logs: Any = None,
                     factories: Mapping[str, ReceiverFactory] | None = None) -> list[Receiver]:
-    """The receivers the config declares (and some pipeline uses), bound to `transport`."""
+    """The receivers the config declares (and some pipeline uses), bound to `transport`; their
+    OTLP logs go to `logs` (a LogsDestination; None: counted and dropped)."""
     from pipeline.auth.setup import listener_auth_factory
 
     factories = factories or RECEIVER_FACTORIES
-    ctx = ReceiverContext(transport, telemetry, listener_auth_factory(config, telemetry))
+    ctx = ReceiverContext(transport, telemetry, listener_auth_factory(config, telemetry), logs)
     out: list[Receiver] = []
     for rid in wanted_receivers(config):
         spec = config.receivers[rid]

@@ -118,6 +118,9 @@ class OtlpGrpcReceiver(TraceServiceServicer):
             self._export_bytes, response_serializer=ExportTraceServiceResponse.SerializeToString
         )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Export": handler}),))
+        from pipeline.receivers.otlp_signals_grpc import signal_rpc_handlers  # logs + metrics, same server
+
+        server.add_generic_rpc_handlers(signal_rpc_handlers(self))
         endpoint = self.cfg.grpc.endpoint
         tls = self.cfg.grpc.tls
         try:

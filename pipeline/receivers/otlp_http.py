@@ -107,6 +107,9 @@ class OtlpHttpReceiver:
         middlewares = [auth_middleware(self.auth, ingest_scope, self._refuse)] if self.auth.enabled else []
         app = web.Application(middlewares=middlewares)
         app.router.add_post(PATH, self._traces)
+        from pipeline.receivers.otlp_signals_http import add_signal_routes  # /v1/logs, /v1/metrics
+
+        add_signal_routes(app, self)
         return app
 
     def _refuse(self, failure: Failure, request: web.Request) -> web.Response:
@@ -130,7 +133,9 @@ class OtlpHttpReceiver:
             from pipeline.auth.tls import server_ssl_context
 
             ssl_context = server_ssl_context(tls)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+        from pipeline.receivers.http2_guard import guarded_site  # one warning per gRPC client address
+
+        site = guarded_site(runner, host, port, self, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as e:
