@@ -10,7 +10,9 @@
     auth: true                      # use the top-level `auth:` tokens (default: on when `auth:` exists)
     allow_unauthenticated: false    # true: may bind a non-loopback address without auth
 
-Runtime behaviour (TLS contexts, bearer-token checks) lives in pipeline/auth/.
+`service.metrics` defaults to `auth: false` (pipeline/config.py MetricsEndpointConfig). TLS files
+must exist when the config is loaded. Runtime behaviour (TLS contexts, bearer-token checks)
+lives in pipeline/auth/.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from pipeline.component import ComponentConfig
 
@@ -65,18 +67,6 @@ class ServerConfig(ComponentConfig):
 
     def auth_enabled(self, auth_configured: bool) -> bool:
         return auth_configured if self.auth is None else self.auth
-
-
-class MetricsServerConfig(ServerConfig):
-    """/metrics: auth is off unless asked for (`auth: true`), so Prometheus scrapes need no token."""
-
-    auth: bool | None = Field(False, description="Require a bearer token (`read` scope) to scrape /metrics.")
-
-    @model_validator(mode="after")
-    def _explicit(self) -> MetricsServerConfig:
-        if self.auth is None:
-            self.auth = False
-        return self
 
 
 def is_loopback(host: str) -> bool:

@@ -206,6 +206,9 @@ def test_api_needs_a_read_token_and_health_probes_stay_open(secured):
     assert api_get(p.api, "/api/traces", secured["ingest"])[0] == 403
     assert api_get(p.api, "/api/traces", secured["reader"])[0] == 200
     assert api_get(p.api, "/api/analytics/cost?by=model", secured["reader"])[0] == 200
+    # the budget check endpoint too (this config has no budgets sink: 404 once past auth)
+    assert api_get(p.api, "/api/budgets/check?user=u-1")[0] == 401
+    assert api_get(p.api, "/api/budgets/check?user=u-1", secured["reader"])[0] == 404
     assert api_get(p.api, "/healthz")[0] == 200
     assert api_get(p.api, "/readyz")[0] == 200
 

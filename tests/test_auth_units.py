@@ -190,3 +190,15 @@ async def test_receivers_are_built_through_the_registry_and_report_their_endpoin
 def test_token_create_rejects_unknown_scopes():
     out = cli("token", "create", "--tenant", "t", "--scopes", "ingest,write")
     assert out.returncode == 2 and "write" in out.stderr
+
+
+def test_with_an_auth_section_receivers_and_api_require_tokens_but_metrics_only_when_asked():
+    c = cfg(auth={"tokens": [entry("t")]})
+    otlp = c.receivers["otlp"].config
+    assert otlp.grpc.auth_enabled(True) and otlp.http.auth_enabled(True) and c.service.api.auth_enabled(True)
+    assert c.service.metrics.auth_enabled(True) is False
+    asked = cfg(auth={"tokens": [entry("t")]}, service={"metrics": {"endpoint": "127.0.0.1:0", "auth": True}})
+    assert asked.service.metrics.auth_enabled(True) is True
+    opted_out = cfg(auth={"tokens": [entry("t")]}, receivers={"otlp": {"http": {"endpoint": "127.0.0.1:0",
+                                                                                  "auth": False}}})
+    assert opted_out.receivers["otlp"].config.http.auth_enabled(True) is False

@@ -56,7 +56,8 @@ def token_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     return click.option("--token", metavar="TOKEN", envvar="TRACEPIPE_TOKEN", expose_value=False,
                         callback=remember, show_envvar=True,
-                        help="Bearer token for the API when it has auth (a `read` token).")(fn)
+                        help="Bearer token for the API when it has auth (a `read` token); prefer the environment "
+                             "variable: command lines are visible to other local users.")(fn)
 
 
 def current_token() -> str | None:

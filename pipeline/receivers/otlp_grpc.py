@@ -21,6 +21,11 @@ INVALID_ARGUMENT with a message instead of grpc's generic INTERNAL. gzip-compres
 requests are decompressed by grpc; requests over grpc.max_recv_message_bytes are refused
 by grpc itself with RESOURCE_EXHAUSTED.
 
+With auth on (pipeline/auth/), the `authorization` metadata must carry a bearer token with
+the `ingest` scope: UNAUTHENTICATED without a valid one, PERMISSION_DENIED without the scope;
+the token's tenant is stamped on the request. `grpc.tls` serves TLS (mTLS with
+client_ca_file) with certificates reloaded from disk.
+
 Metrics: receiver_requests{receiver,code} with code ok, partial, or the lowercase gRPC
 status name; spans as in pipeline/receivers/otlp_export.py.
 """

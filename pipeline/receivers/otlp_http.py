@@ -15,7 +15,10 @@ Answers, per the OTLP spec (OTLP/HTTP "Failures"), always in the request's encod
 - 415 for another Content-Type or a Content-Encoding other than gzip/deflate/identity;
 - 429 + Retry-After when the queue is full, 503 + Retry-After while shutting down or when
   the transport is unavailable: the retryable codes OTLP clients back off on;
-- 404 / 405 for other paths / methods (aiohttp routing).
+- 404 / 405 for other paths / methods (aiohttp routing);
+- with auth on (pipeline/auth/): 401 + `WWW-Authenticate: Bearer` without a valid bearer
+  token, 403 without the `ingest` scope; the token's tenant is stamped on the request.
+`http.tls` serves TLS (mTLS with client_ca_file) with certificates reloaded from disk.
 
 Metrics: receiver_requests{receiver,code} with code ok, partial, or the HTTP status;
 spans as in pipeline/receivers/otlp_export.py.
