@@ -10,9 +10,11 @@ each an async callable returning how many rows it removed (per table or kind). T
   with a `user` dimension), or every counter of the tenant; counters hold no trace ids;
 - `alerts` (the in-memory alert store): events keyed by the user or of the tenant; a forgotten
   trace id is removed from `example_trace_ids`;
+- `dead_letters` (pipeline/dead_letter/forget.py): the spans it names inside the embedded
+  dead-letter store's entries (`<data_dir>/dead-letter/dead-letter.sqlite`);
 - anything listed in `STORE_MODULES`: each module exposes `forget_hook(config, extras)` returning
-  `(name, hook)` or None. A store added by another area (the dead-letter store under
-  `<data_dir>/dead-letter/`, say) adds one line there and is then asked on every forget.
+  `(name, hook)` or None. A store added by another area adds one line there and is then asked
+  on every forget.
 
 A failing store does not stop the others: its error is reported next to the other counts.
 """
@@ -91,6 +93,7 @@ class Forgetter:
 # Modules with `forget_hook(config, extras) -> (name, hook) | None`: one line per store.
 STORE_MODULES: list[str] = [
     "pipeline.budgets.forget",
+    "pipeline.dead_letter.forget",
 ]
 
 

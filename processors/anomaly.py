@@ -66,7 +66,7 @@ from pipeline.anomaly.windows import (
 from pipeline.component import BaseProcessor, ComponentContext, Factory
 from pipeline.semconv import model_of
 from pipeline.spans import STATUS_ERROR, Span, SpanBatch
-from pipeline.tenants import DEFAULT_TENANT, tenant_of
+from pipeline.tenants import DEFAULT_TENANT, MAX_TENANT_LENGTH, TENANT_ATTRIBUTE, tenant_of
 
 META = "__meta__"
 SEP = "\x1f"
@@ -117,12 +117,17 @@ def key_function(dims: list[str]) -> Callable[[Span], str]:
 
 
 def tenant_key_function(dims: list[str]) -> Callable[[Span], str]:
-    """span -> its key, prefixed by its tenant unless that is "default"."""
+    """span -> its key, prefixed by its tenant (pipeline/tenants.py) unless that is "default".
+    Inlined: this runs per span."""
     key_of = key_function(dims)
 
     def key(s: Span) -> str:
-        tenant = tenant_of(s)
-        return key_of(s) if tenant == DEFAULT_TENANT else f"{tenant}{TENANT_SEP}{key_of(s)}"
+        t = s.resource.attributes.get(TENANT_ATTRIBUTE)
+        if t.__class__ is not str or not t or t == DEFAULT_TENANT:
+            return key_of(s)
+        if len(t) > MAX_TENANT_LENGTH:
+            t = tenant_of(s)
+        return t + TENANT_SEP + key_of(s)
 
     return key
 

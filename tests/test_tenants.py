@@ -41,6 +41,8 @@ PRINCIPALS = {
 @web.middleware
 async def as_principal(request: web.Request, handler: Any) -> web.StreamResponse:
     who = request.headers.get("X-Test-As")
+    if who == "bad-token":  # what the auth middleware answers to an unknown token
+        return web.json_response({"error": "invalid token"}, status=401)
     if who:
         request["principal"] = PRINCIPALS[who]
     return await handler(request)
@@ -141,7 +143,7 @@ async def world(tmp_path: Path, clickhouse_dsn: str, chdb_database: str) -> Asyn
         extras={**runtime.extras, "alerts": runtime.alerts.store},
     )
     app = build_app(ctx)
-    app.middlewares.insert(0, as_principal)  # outermost, as the auth middleware will be
+    app.middlewares.append(as_principal)  # inside the audit middleware, where pipeline/http_servers.py puts auth
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     w = World(runtime, client, traces, tmp_path / "data", endpoints.otlp_http)
@@ -330,6 +332,8 @@ async def test_the_audit_log_records_every_read_and_delete(world: World) -> None
     await world.get("acme-ingest", "/api/traces")  # 403
     r = await world.api.get("/api/no-such-thing", headers={"X-Test-As": "globex"})
     assert r.status == 404
+    r = await world.api.get("/api/traces", headers={"X-Test-As": "bad-token"})
+    assert r.status == 401
     await world.delete("admin", f"/api/traces/{g1}")
     status, body = await world.get("admin", "/api/audit", since="1h", limit="1000")
     assert status == 200
@@ -339,6 +343,7 @@ async def test_the_audit_log_records_every_read_and_delete(world: World) -> None
     assert ("acmeingest01", "acme", "GET", "/api/traces", {}, 403) in mine
     assert ("admin0000001", "ops", "DELETE", "/api/traces/{trace_id}", {"trace_id": g1}, 200) in mine
     assert ("globex000001", "globex", "GET", "(no route)", {}, 404) in mine
+    assert ("refused", "-", "GET", "/api/traces", {}, 401) in mine
     assert entries[0]["route"] == "/api/traces/{trace_id}" and entries[0]["method"] == "DELETE"  # newest first
     _, only_acme = await world.get("admin", "/api/audit", tenant="acme", limit="1000")
     assert {e["tenant"] for e in only_acme["entries"]} == {"acme"}

@@ -39,7 +39,7 @@ def build_app(ctx: ApiContext) -> web.Application:
     from pipeline.api import health
     from pipeline.api.audit import audit_middleware
 
-    app = web.Application(middlewares=[audit_middleware])  # inside the auth middleware, when there is one
+    app = web.Application(middlewares=[audit_middleware])  # outermost: the auth middleware is added inside
     app[CONTEXT_KEY] = ctx
     route_modules = [health]
     for module_name in _OPTIONAL_ROUTE_MODULES:

@@ -6,7 +6,11 @@ token id and tenant, the method, the route template (`/api/traces/{trace_id}`), 
 parameters, the query parameters and the status. /healthz and /readyz are not recorded.
 
 GET /api/audit?since=24h&token=<token id>&tenant=<tenant>&limit=100 (admin scope): entries newest
-first. It must run inside the auth middleware, which sets the caller's Principal first.
+first.
+
+The audit middleware is the app's first (outermost) middleware: the auth middleware inside it sets
+the caller's Principal on the request before the handler runs, and a request the auth middleware
+refuses (401, or 403 for a token without the scope) is recorded too, with token id `refused`.
 """
 
 from __future__ import annotations
@@ -42,10 +46,14 @@ async def audit_middleware(request: web.Request, handler: Any) -> web.StreamResp
         status = e.status
         raise
     finally:
-        principal = principal_of(request)
+        if request.get("principal") is None and status in (401, 403):
+            token_id, tenant = "refused", "-"  # the auth middleware refused it before naming a principal
+        else:
+            principal = principal_of(request)
+            token_id, tenant = principal.token_id, principal.tenant
         await log.record(
-            token_id=principal.token_id,
-            tenant=principal.tenant,
+            token_id=token_id,
+            tenant=tenant,
             method=request.method,
             route=_route(request),
             params=dict(request.match_info),
