@@ -3,10 +3,13 @@
 # user with nothing writable but /tmp and the data directory (the Helm chart mounts both).
 #
 #   docker build -t ghcr.io/tracepipe/tracepipe:0.1.0 .
-#   docker run --rm -p 4317:4317 -p 4318:4318 -p 8081:8081 -p 9464:9464 ghcr.io/tracepipe/tracepipe:0.1.0
+#   tracepipe token create --tenant acme --scopes ingest,read    # paste its lines under `tokens:` in tokens.yaml
+#   docker run --rm -v $PWD/tokens.yaml:/etc/tracepipe/tokens.yaml:ro \
+#     -p 4317:4317 -p 4318:4318 -p 8081:8081 -p 9464:9464 ghcr.io/tracepipe/tracepipe:0.1.0
 #
-# The default command is the embedded pipeline listening on all interfaces; the chart runs
-# `tracepipe receiver|worker|run -c /etc/tracepipe/tracepipe.yaml` instead.
+# The default command is the embedded pipeline listening on all interfaces with bearer-token auth
+# (config/container.yaml: tokens from /etc/tracepipe/tokens.yaml or $TRACEPIPE_TOKENS_FILE); the
+# chart runs `tracepipe receiver|worker|run -c /etc/tracepipe/tracepipe.yaml` instead.
 
 ARG PYTHON_VERSION=3.11
 
@@ -18,6 +21,7 @@ COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY processors ./processors
 COPY sinks ./sinks
+COPY config/container.yaml ./container.yaml
 RUN /opt/tracepipe/bin/pip install . \
  && find /opt/tracepipe -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/tracepipe/bin/python -m compileall -q /opt/tracepipe/lib
@@ -31,6 +35,7 @@ RUN groupadd --system --gid 10001 tracepipe \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/tracepipe --shell /usr/sbin/nologin tracepipe \
  && install -d -o 10001 -g 10001 /var/lib/tracepipe /etc/tracepipe
 COPY --from=build /opt/tracepipe /opt/tracepipe
+COPY --from=build /src/container.yaml /etc/tracepipe/container.yaml
 ENV PATH=/opt/tracepipe/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -41,5 +46,4 @@ VOLUME ["/var/lib/tracepipe"]
 # OTLP/gRPC, OTLP/HTTP, query API + /healthz /readyz, Prometheus /metrics
 EXPOSE 4317 4318 8081 9464
 ENTRYPOINT ["tracepipe"]
-CMD ["run", "--data-dir", "/var/lib/tracepipe", "--otlp-grpc", "0.0.0.0:4317", "--otlp-http", "0.0.0.0:4318", \
-     "--api", "0.0.0.0:8081", "--metrics", "0.0.0.0:9464"]
+CMD ["run", "-c", "/etc/tracepipe/container.yaml"]

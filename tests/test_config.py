@@ -90,11 +90,22 @@ def test_bad_endpoint_and_yaml_syntax_errors_are_located(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_validates(path: Path) -> None:
+def test_every_shipped_config_validates(path: Path, tmp_path: Path) -> None:
     if path.name.startswith("collector"):
         pytest.skip("OpenTelemetry Collector recipes, not tracepipe configs")
-    result = CliRunner().invoke(main, ["validate", "-c", str(path)])
+    # Configs with auth read their tokens from $TRACEPIPE_TOKENS_FILE (a mounted Secret in production).
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("tokens:\n  - {sha256: " + "ab" * 32 + ", tenant: acme, scopes: [ingest, read]}\n")
+    result = CliRunner().invoke(main, ["validate", "-c", str(path)], env={"TRACEPIPE_TOKENS_FILE": str(tokens)})
     assert result.exit_code == 0, result.output
+
+
+def test_container_config_listens_everywhere_only_with_auth(tmp_path: Path) -> None:
+    """The image's default (config/container.yaml) binds 0.0.0.0: without its tokens file it refuses to start."""
+    result = CliRunner().invoke(main, ["validate", "-c", str(ROOT / "config" / "container.yaml")],
+                                env={"TRACEPIPE_TOKENS_FILE": str(tmp_path / "missing.yaml")})
+    assert result.exit_code == 2
+    assert "auth.tokens_file" in result.output
 
 
 def test_validate_command_names_paths_and_exits_2(tmp_path: Path) -> None:

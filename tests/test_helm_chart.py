@@ -406,6 +406,10 @@ def test_default_image_is_the_repository_dockerfile_non_root_with_the_tracepipe_
     assert exposed == set(values["ports"].values())
     assert values["image"]["repository"] in (CHART / "README.md").read_text()
     assert "WORKDIR /var/lib/tracepipe" in dockerfile
+    # The default command runs the shipped container config, which binds 0.0.0.0 only with auth.
+    assert re.search(r'^CMD \["run", "-c", "/etc/tracepipe/container.yaml"\]$', dockerfile, re.M)
+    assert "COPY config/container.yaml" in dockerfile
+    assert "tokens_file:" in (ROOT / "config" / "container.yaml").read_text()
 
 
 # --- auth, TLS, network policy ------------------------------------------------------------
