@@ -8,7 +8,9 @@
 - `/api/users/{id}?since=30d&interval=day|hour&limit=20`: the user's totals, spend per
   interval and most recent traces; 404 when the user has no trace in the window.
 
-Bad parameters answer 400 naming the parameter; a process without a query store 503.
+Bad parameters answer 400 naming the parameter; a process without a query store 503. Every
+answer is limited to the caller's tenant (admin: every tenant); another tenant's session or
+user answers 404 like an unknown one.
 """
 
 from __future__ import annotations
@@ -17,34 +19,27 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.api import json_error
+from pipeline.api import json_error, params
+from pipeline.api.scoping import forbidden, tenant_filter
 from pipeline.api.traces import queries_or_error, run_query
 from pipeline.query import sessions as sq
-from pipeline.query.traces import parse_since
 
 
 def _params(q: Any, allowed: set[str]) -> dict[str, Any]:
-    unknown = sorted(set(q) - allowed)
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(allowed))})")
-    out: dict[str, Any] = {}
-    for key in allowed:
-        value = q.get(key)
-        if not value:
-            continue
-        if key == "since":
-            parse_since(value)
-        if key == "limit":
-            try:
-                out[key] = int(value)
-            except ValueError:
-                raise ValueError("limit: must be an integer") from None
-            continue
-        out[key] = value
-    return out
+    """Validated keyword arguments (pipeline/api/params.py bounds); ValueError names the parameter."""
+    params.check_known(q, allowed)
+    values = {
+        "user": params.text(q, "user") if "user" in allowed else None,
+        "since": params.duration(q, "since") if "since" in allowed else None,
+        "interval": params.choice(q, "interval", sq.INTERVALS) if "interval" in allowed else None,
+        "limit": params.integer(q, "limit", None, 1, sq.MAX_LIMIT) if "limit" in allowed else None,
+    }
+    return {k: v for k, v in values.items() if v is not None}
 
 
 async def list_sessions(request: web.Request) -> web.Response:
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
     try:
         kwargs = _params(request.query, {"user", "since", "limit"})
     except ValueError as e:
@@ -52,35 +47,45 @@ async def list_sessions(request: web.Request) -> web.Response:
     queries, err = queries_or_error(request)
     if err is not None:
         return err
-    result, err = await run_query(sq.list_sessions(queries, **kwargs))
+    result, err = await run_query(sq.list_sessions(queries, **kwargs, tenant=tenant_filter(request)))
     return err if err is not None else web.json_response(result)
 
 
 async def get_session(request: web.Request) -> web.Response:
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
     sid = request.match_info["session_id"]
-    if request.query:
-        return json_error(400, f"{sorted(request.query)[0]}: unknown parameter (none allowed)")
-    queries, err = queries_or_error(request)
-    if err is not None:
-        return err
-    result, err = await run_query(sq.get_session(queries, sid))
-    if err is not None:
-        return err
-    if result is None:
-        return json_error(404, f"session {sid} not found")
-    return web.json_response(result)
-
-
-async def get_user(request: web.Request) -> web.Response:
-    uid = request.match_info["user_id"]
     try:
-        kwargs = _params(request.query, {"since", "interval", "limit"})
+        params.check_known(request.query, set())
+        if len(sid) > params.MAX_TEXT_CHARS:
+            raise params.ParamError(f"session id: at most {params.MAX_TEXT_CHARS} characters")
     except ValueError as e:
         return json_error(400, str(e))
     queries, err = queries_or_error(request)
     if err is not None:
         return err
-    result, err = await run_query(sq.get_user(queries, uid, **kwargs))
+    result, err = await run_query(sq.get_session(queries, sid, tenant=tenant_filter(request)))
+    if err is not None:
+        return err
+    if result is None:  # another tenant's session answers as an unknown one
+        return json_error(404, f"session {sid} not found")
+    return web.json_response(result)
+
+
+async def get_user(request: web.Request) -> web.Response:
+    if (denied := forbidden(request, "read")) is not None:
+        return denied
+    uid = request.match_info["user_id"]
+    try:
+        kwargs = _params(request.query, {"since", "interval", "limit"})
+        if len(uid) > params.MAX_TEXT_CHARS:
+            raise params.ParamError(f"user id: at most {params.MAX_TEXT_CHARS} characters")
+    except ValueError as e:
+        return json_error(400, str(e))
+    queries, err = queries_or_error(request)
+    if err is not None:
+        return err
+    result, err = await run_query(sq.get_user(queries, uid, **kwargs, tenant=tenant_filter(request)))
     if err is not None:
         return err
     if result is None:

@@ -205,8 +205,5 @@ ORDER BY Bucket"""
         "llm_calls": sum(s["llm_calls"] for s in series),
         "errors": sum(s["errors"] for s in series),
     }
-    recent = await q.list_traces(user=user_id, since=since, limit=limit)
-    traces = recent["traces"]
-    if tenant is not None:
-        traces = [t for t in traces if t.get("tenant_id") == tenant]
-    return {"user_id": user_id, "interval": interval, "totals": totals, "series": series, "traces": traces}
+    recent = await q.list_traces(user=user_id, since=since, limit=limit, tenant=tenant)
+    return {"user_id": user_id, "interval": interval, "totals": totals, "series": series, "traces": recent["traces"]}
