@@ -1,24 +1,41 @@
-"""redact processor: finds secrets and PII in span, event, link and resource attributes
-(prompts and completions included) and masks, hashes or drops them before any sink sees them.
+"""redact processor: finds secrets and PII wherever a span carries text and masks, hashes or
+drops them before any sink sees them.
+
+Where: attribute values of spans, events, links and resources (strings, nested lists/dicts,
+bytes: decoded as UTF-8 when valid, else Latin-1, written back as bytes), attribute KEYS at
+every level, span names, event names, the scope name and version, the span's and links'
+trace_state, status messages. Run it first in the chain, so that no processor copies a value
+elsewhere before it is redacted (the shipped configs do).
 
 How it works (batch-first, two passes):
-1. Every string value of the batch (nested lists/dicts too, plus status messages) is
-   collected, unless its attribute key is on `allow_keys`; keys on `deny_keys` are
-   dropped/masked outright without scanning. Values shorter than 6 characters are skipped.
-2. Prefilter: all values are joined into ONE buffer (NUL-separated) and scanned once
-   by a Hyperscan database holding every rule (compiled with HS_FLAG_PREFILTER, a
-   superset of each rule). Clean values cost no per-value Python at all. Without the
-   `hyperscan` wheel the `python` engine runs each rule's `re` over the same buffer
-   (correct, several times slower; see bench/processors_redact_sample.py).
-3. Only the values a rule hit are checked precisely: the rule's Python regex plus its
-   validator (Luhn, mod-97, JWT header, entropy). Overlaps resolve by rule priority.
+1. Every string value of the batch (nested lists/dicts too, plus status messages and bytes
+   decoded) is collected, unless its attribute key is on `allow_keys`; keys on `deny_keys`
+   are dropped/masked outright without scanning. Values shorter than 6 characters are skipped.
+   Keys, names, scope and trace_state repeat across spans: each distinct one is scanned once
+   (its own small prefilter pass) and the result cached.
+2. Prefilter: all values are joined into ONE buffer (NUL-separated, NUL-framed) and scanned
+   once by a Hyperscan database holding every rule (compiled with HS_FLAG_PREFILTER, a
+   superset of each rule), one pattern per disguise (processors/redact_disguise.py: format
+   characters, JSON \\u escapes, percent-encoding, HTML entities) and a whole-value base64
+   pattern. Clean values cost no per-value Python at all. Without the `hyperscan` wheel the
+   `python` engine runs each pattern's `re` over the same buffer (correct, several times
+   slower; see bench/processors_redact_sample.py).
+3. Only the values a pattern hit are checked precisely: the rule's Python regex plus its
+   validator (Luhn and card grouping, mod-97, JWT header, entropy); a card rejected as a
+   whole is looked for inside the digit run (`Rule.parts`). A disguise hit builds a
+   normalised view of the value, scanned again (prefilter included, two rounds at most);
+   each view character maps back to the original range it came from, which is masked. A
+   base64 hit decodes the value; a finding in the decoded text masks the whole value.
+   Overlaps resolve by rule priority.
 4. Action per rule (`actions`, else `default_action`):
    - mask: the match (or the rule's secret group) becomes `[REDACTED:<type>:<hash6>]`,
    - hash: the whole value becomes `[HASHED:<type>:<hash16>]`,
-   - drop: the attribute is removed (status messages are emptied).
-   Hashes are HMAC-SHA256 keyed by `hash_key`, so equal secrets correlate across spans
-   without being guessable from a dictionary of phone numbers.
+   - drop: the attribute is removed (a key: its attribute; status messages, names, scope and
+     trace_state are emptied).
+   Hashes are HMAC-SHA256 keyed by `hash_key` over the secret as detected (disguised or
+   not), so equal secrets correlate across spans without being guessable from a dictionary.
 Findings are counted in `tracepipe_redactions_total{processor,type}`; values are never logged.
+`redact_values` / `redact_attributes` apply the same to plain values (OTLP log records).
 Rules and their sources: processors/redact_rules.py.
 """
 
@@ -208,7 +225,7 @@ class Prefilter:
 
 
 DISGUISE_KINDS = [name for name, _p in DISGUISE_PREFILTERS]
-_B64_PY = re.compile(rb"(?<=\x00)[A-Za-z0-9+/_-]{12,}={0,2}(?=\x00)")
+_B64_PY = re.compile(rb"(?<=\x00)(?=[A-Za-z0-9+/_-]*[A-Z])(?=[A-Za-z0-9+/_-]*[a-z])[A-Za-z0-9+/_-]{12,}={0,2}(?=\x00)")
 _PREFILTERS: dict[tuple[Any, ...], Prefilter] = {}
 
 
@@ -362,17 +379,22 @@ class RedactProcessor(BaseProcessor):
         seen_resources: set[int] = set()
         cfg = self.config
         short = self._redact_short
+        known = self._short
         for span in batch.spans:
             self._collect_attrs(span.attributes, slots, counts, renames)
-            new = short(span.name, counts)
-            if new is not None:
-                span.name = new
-            new = short(span.scope_name, counts)
-            if new is not None:
-                span.scope_name = new
-            new = short(span.scope_version, counts)
-            if new is not None:
-                span.scope_version = new
+            # Names and scopes repeat: a cached clean one costs one dict lookup (None = clean).
+            if known.get(span.name, _MISSING) is not None:
+                new = short(span.name, counts)
+                if new is not None:
+                    span.name = new
+            if known.get(span.scope_name, _MISSING) is not None:
+                new = short(span.scope_name, counts)
+                if new is not None:
+                    span.scope_name = new
+            if known.get(span.scope_version, _MISSING) is not None:
+                new = short(span.scope_version, counts)
+                if new is not None:
+                    span.scope_version = new
             if span.trace_state:
                 new = short(span.trace_state, counts)
                 if new is not None:
@@ -492,6 +514,7 @@ class RedactProcessor(BaseProcessor):
     def _redact_short(self, text: str, counts: Counter[str]) -> str | None:
         """The redacted form of a short field, or None when it is clean (dropped fields become "")."""
         if len(text) < MIN_VALUE_LEN:
+            self._short[text] = None  # so the callers' cache lookup says "clean" next time
             return None
         result = self._short.get(text, _MISSING)
         if result is _MISSING:

@@ -75,7 +75,10 @@ PREFILTERS: tuple[tuple[str, str], ...] = (
     ("format_character", _cf_bytes_pattern()),
 )
 # A whole value of base64 characters, between the NUL separators of the batch buffer.
-B64_PREFILTER = r"\x00[A-Za-z0-9+/_-]{12,}={0,2}\x00"
+# Mixed case only (the length is checked after): ids, digests and model names are all lowercase.
+B64_PREFILTER = (
+    r"\x00[A-Za-z0-9+/_-]*(?:[A-Z][A-Za-z0-9+/_-]*[a-z]|[a-z][A-Za-z0-9+/_-]*[A-Z])[A-Za-z0-9+/_-]*={0,2}\x00"
+)
 
 _TOKEN_PARTS = {
     "json_unicode_escape": r"\\u[0-9A-Fa-f]{4}",
