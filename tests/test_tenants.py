@@ -184,6 +184,23 @@ async def test_each_tenant_sees_only_its_traces_and_admin_sees_all(world: World)
     assert _ids(acme_u1) == {t["a1"], t["a2"]}
 
 
+async def test_sessions_and_users_are_each_tenants_own(world: World) -> None:
+    t = world.traces
+    # Both tenants have a session "s-u1" and a user "u1": each sees only its own turns and traces.
+    status, acme = await world.get("acme", "/api/sessions/s-u1")
+    assert status == 200 and [turn["trace_id"] for turn in acme["turns"]] in ([t["a1"], t["a2"]], [t["a2"], t["a1"]])
+    _, globex = await world.get("globex", "/api/sessions/s-u1")
+    assert [turn["trace_id"] for turn in globex["turns"]] == [t["g1"]]
+    status, _ = await world.get("acme", "/api/sessions/s-u2")  # globex's only
+    assert status == 404
+    _, listed = await world.get("acme", "/api/sessions")
+    assert {x["session_id"] for x in listed["sessions"]} == {"s-u1"}
+    _, user = await world.get("globex", "/api/users/u1")
+    assert {x["trace_id"] for x in user["traces"]} == {t["g1"]}
+    status, _ = await world.get("acme-ingest", "/api/sessions")  # an ingest token reads nothing
+    assert status == 403
+
+
 async def test_a_trace_of_another_tenant_is_404_like_an_unknown_one(world: World) -> None:
     status, body = await world.get("acme", f"/api/traces/{world.traces['g1']}")
     unknown = uuid.uuid4().hex
