@@ -94,6 +94,7 @@ class MemoryTransport:
     """Bounded queue of OTLP export requests, counted in spans."""
 
     name = "memory"
+    accepts_raw = True  # offer(raw=...) stores a receiver's protobuf bytes as they are
 
     def __init__(
         self,
@@ -188,8 +189,11 @@ class MemoryTransport:
             return False
         return self.wal is None or self.wal.has_room(nbytes)
 
-    async def offer(self, request: ExportTraceServiceRequest, spans: int, timeout: float = 0.0) -> Offer:
-        """Enqueue a request, waiting up to `timeout` seconds for room (and for the log's fsync)."""
+    async def offer(
+        self, request: ExportTraceServiceRequest, spans: int, timeout: float = 0.0, raw: bytes | None = None
+    ) -> Offer:
+        """Enqueue a request, waiting up to `timeout` seconds for room (and for the log's fsync).
+        `raw`: protobuf bytes equal to `request`, logged instead of serialising it again."""
         if self._closed:
             return Offer.CLOSED
         if spans > self.capacity:
@@ -198,7 +202,7 @@ class MemoryTransport:
         start = loop.time()
         payload = b""
         if self.wal is not None:
-            payload = request.SerializeToString()
+            payload = raw if raw is not None else request.SerializeToString()
             if self.wal.record_size(len(payload)) > self.wal.max_bytes:
                 return Offer.TOO_LARGE
         deadline = start + timeout
