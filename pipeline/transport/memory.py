@@ -279,7 +279,10 @@ class MemoryTransport:
         self._queued -= total
         if self.wal is not None:
             first, last = items[0].seq, items[-1].seq
-            self.wal.mark_taken(first, last)
+            try:
+                self.wal.mark_taken(first, last)
+            except OSError:  # e.g. disk full: process it anyway; a crash replay may regroup these records
+                log.exception("wal: could not record batch %d-%d as taken", first, last)
             return TakenBatch(batch_id=self._wal_id(first, last), items=items)
         self._seq += 1
         return TakenBatch(batch_id=f"{self._prefix}-{self._seq}", items=items)
@@ -306,8 +309,13 @@ class MemoryTransport:
         if self.wal is None or not self._released:
             return
         for bid in [b for b in self._released if b not in held]:
-            first, last = self._released.pop(bid)
-            self.wal.mark_done(first, last)
+            first, last = self._released[bid]
+            try:
+                self.wal.mark_done(first, last)
+            except OSError:  # e.g. disk full: the batch stays undone (replayed, deduplicated); retried later
+                log.exception("wal: could not record batch %s as done", bid)
+                break
+            del self._released[bid]
         _wake(self._room)  # deleted segments may have made room
 
     async def close(self) -> None:
