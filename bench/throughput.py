@@ -168,9 +168,11 @@ def wal_config(tmp: Path, fsync: str | None) -> Path:
 def wal_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
     modes: list[tuple[str, str | None]] = [("memory", None), ("batch", "batch"), ("always", "always")]
     ratios: dict[str, list[float]] = {"batch": [], "always": []}
+    core_ratios: dict[str, list[float]] = {"batch": [], "always": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(rounds):
             per_wall: dict[str, float] = {}
+            per_core: dict[str, float] = {}
             for label, fsync in modes:
                 data = Path(tmp) / f"data-{label}-{rnd}"
                 p = start_pipeline(data, "-c", str(wal_config(Path(tmp), fsync)))
@@ -179,13 +181,16 @@ def wal_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
                 finally:
                     p.stop()
                 per_wall[label] = r["per_wall"]
+                per_core[label] = r["per_core"]
                 print(f"wal    round {rnd + 1} {label:<7} {r['per_wall']:>10,.0f} spans/s wall "
                       f"{r['per_core']:>10,.0f} spans/s per core, {r['retries']} retried requests")
             for label in ratios:
                 ratios[label].append(per_wall[label] / per_wall["memory"])
+                core_ratios[label].append(per_core[label] / per_core["memory"])
     for label, values in ratios.items():
         print(f"ratio  wal fsync={label:<6} / in-memory queue (wall throughput) = "
-              f"{sum(values) / len(values):.2f}  (rounds: {', '.join(f'{v:.2f}' for v in values)})")
+              f"{sum(values) / len(values):.2f}  (rounds: {', '.join(f'{v:.2f}' for v in values)}); "
+              f"per core = {sum(core_ratios[label]) / len(values):.2f}")
 
 
 async def latency(p: PipelineProcess, samples: int, background_rps: float) -> list[float]:

@@ -242,8 +242,10 @@ class EmbeddedRuntime:
             log.exception("batch %s failed unexpectedly; its spans are lost", taken.batch_id)
             self.telemetry.dropped_spans.labels("internal_error").inc(taken.spans)
         finally:
-            await self.transport.release(taken, self._held_batches())
-            self._slots.release()
+            try:
+                await self.transport.release(taken, self._held_batches())
+            finally:
+                self._slots.release()
 
     def _held_batches(self) -> set[str]:
         """Transport batch ids any processor still holds spans of (`held_batches()`, if it has one)."""

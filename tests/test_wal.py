@@ -246,3 +246,12 @@ async def test_take_returns_an_empty_batch_when_idle_and_none_when_closed() -> N
     assert idle is not None and idle.items == []
     await q.close()
     assert await q.take(10, 0, idle_timeout=0.01) is None
+
+
+async def test_the_receivers_bytes_are_logged_as_they_are_when_given(tmp_path: Path) -> None:
+    req = request(2, 5)
+    raw = req.SerializeToString()
+    q = MemoryTransport(100, Telemetry(), wal=make_wal(tmp_path))
+    q.load_replay()
+    assert await q.offer(req, 2, raw=raw) is Offer.ACCEPTED
+    assert payloads(make_wal(tmp_path)) == [raw]

@@ -80,7 +80,8 @@ class ExportHandler:
         self.log = logger
         self._accepted = telemetry.receiver_accepted_spans.labels(receiver_id)
 
-    def _truncate(self, req: ExportTraceServiceRequest, size: int) -> None:
+    def _truncate(self, req: ExportTraceServiceRequest, size: int) -> bool:
+        """Cut values to the receiver's limits; whether anything was cut."""
         cfg = self.cfg
         cut = enforce_value_limits(req, cfg.max_attribute_value_length, cfg.max_span_name_length, size)
         if cut.any:
@@ -94,6 +95,7 @@ class ExportHandler:
                 self.receiver_id, cut.attribute_values, cut.names, cut.spans,
                 ", ".join(safe_value(k, 64) for k in cut.flagged_keys),
             )
+        return bool(cut.any)
 
     def refuse(self, reason: str, spans: int) -> None:
         if spans > 0:
@@ -103,7 +105,9 @@ class ExportHandler:
                      wire: bytes | None = None, size: int | None = None) -> ExportResult:
         """`principal` is the authenticated caller; with auth on (not ANONYMOUS) its tenant is
         stamped on the request (pipeline/auth/tenant.py) before the transport sees it.
-        `wire`: the protobuf bytes `req` was parsed from, if any (lets stamping skip work).
+        `wire`: the protobuf bytes `req` was parsed from, if any: stamping skips work with them,
+        and a transport that stores bytes (`accepts_raw`, the embedded write-ahead log) takes them
+        as they are when nothing in the request was changed, instead of serialising it again.
         `size`: the request's size in bytes when the receiver knows it (else computed)."""
         cfg = self.cfg
         if size is not None:
@@ -129,12 +133,17 @@ class ExportHandler:
             self.log.debug("receiver %s: %s", self.receiver_id, checked.message)
         if checked.accepted == 0:
             return ExportResult(Outcome.ACCEPTED, resp)
-        self._truncate(req, req.ByteSize() if size is None else size)
+        changed = self._truncate(req, req.ByteSize() if size is None else size)
+        changed = changed or bool(checked.rejected or checked.clamped)
         n = checked.accepted
         if principal is not ANONYMOUS:
             stamp_tenant(req, principal.tenant, wire)
+            changed = True
         try:
-            offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout)
+            if wire is not None and not changed and getattr(self.transport, "accepts_raw", False):
+                offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout, raw=wire)  # type: ignore[call-arg]
+            else:
+                offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout)
         except Exception:
             self.log.exception("receiver %s: transport failed to take %d spans", self.receiver_id, n)
             self.refuse("transport_error", n)

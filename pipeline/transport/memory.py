@@ -94,6 +94,7 @@ class MemoryTransport:
     """Bounded queue of OTLP export requests, counted in spans."""
 
     name = "memory"
+    accepts_raw = True  # offer(raw=...) stores a receiver's protobuf bytes as they are
 
     def __init__(
         self,
@@ -188,8 +189,11 @@ class MemoryTransport:
             return False
         return self.wal is None or self.wal.has_room(nbytes)
 
-    async def offer(self, request: ExportTraceServiceRequest, spans: int, timeout: float = 0.0) -> Offer:
-        """Enqueue a request, waiting up to `timeout` seconds for room (and for the log's fsync)."""
+    async def offer(
+        self, request: ExportTraceServiceRequest, spans: int, timeout: float = 0.0, raw: bytes | None = None
+    ) -> Offer:
+        """Enqueue a request, waiting up to `timeout` seconds for room (and for the log's fsync).
+        `raw`: protobuf bytes equal to `request`, logged instead of serialising it again."""
         if self._closed:
             return Offer.CLOSED
         if spans > self.capacity:
@@ -198,7 +202,7 @@ class MemoryTransport:
         start = loop.time()
         payload = b""
         if self.wal is not None:
-            payload = request.SerializeToString()
+            payload = raw if raw is not None else request.SerializeToString()
             if self.wal.record_size(len(payload)) > self.wal.max_bytes:
                 return Offer.TOO_LARGE
         deadline = start + timeout
@@ -275,7 +279,10 @@ class MemoryTransport:
         self._queued -= total
         if self.wal is not None:
             first, last = items[0].seq, items[-1].seq
-            self.wal.mark_taken(first, last)
+            try:
+                self.wal.mark_taken(first, last)
+            except OSError:  # e.g. disk full: process it anyway; a crash replay may regroup these records
+                log.exception("wal: could not record batch %d-%d as taken", first, last)
             return TakenBatch(batch_id=self._wal_id(first, last), items=items)
         self._seq += 1
         return TakenBatch(batch_id=f"{self._prefix}-{self._seq}", items=items)
@@ -302,8 +309,13 @@ class MemoryTransport:
         if self.wal is None or not self._released:
             return
         for bid in [b for b in self._released if b not in held]:
-            first, last = self._released.pop(bid)
-            self.wal.mark_done(first, last)
+            first, last = self._released[bid]
+            try:
+                self.wal.mark_done(first, last)
+            except OSError:  # e.g. disk full: the batch stays undone (replayed, deduplicated); retried later
+                log.exception("wal: could not record batch %s as done", bid)
+                break
+            del self._released[bid]
         _wake(self._room)  # deleted segments may have made room
 
     async def close(self) -> None:

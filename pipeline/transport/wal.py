@@ -265,9 +265,15 @@ class WriteAheadLog:
             seg = self._rotate()
         assert seg.fd is not None
         view = memoryview(rec)
-        while view:
-            n = os.write(seg.fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(seg.fd, view)
+                view = view[n:]
+        except OSError:
+            # e.g. ENOSPC: cut the partial record off so later records are not behind a torn one
+            with contextlib.suppress(OSError):
+                os.ftruncate(seg.fd, seg.size)
+            raise
         seg.size += len(rec)
         self._total += len(rec)
         self._written += 1
