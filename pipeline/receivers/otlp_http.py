@@ -27,7 +27,7 @@ import asyncio
 import logging
 import zlib
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -159,6 +159,9 @@ class OtlpHttpReceiver:
             return self._error(413, str(e), as_json)
         except OtlpDecodeError as e:
             return self._error(400, e.message, as_json)
+        except (ConnectionResetError, ClientPayloadError) as e:  # the client went away or sent a broken body
+            self.log.debug("receiver %s: incomplete request body: %s", self.receiver_id, type(e).__name__)
+            return self._error(400, "incomplete request body", as_json)
         try:
             if not as_json:
                 req = decode_protobuf(body)  # upb: ~1.4 M spans/s, fine on the loop
