@@ -45,44 +45,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-class ClientErrorFilter(logging.Filter):
-    """aiohttp logs a full traceback at ERROR for requests that are the client's fault (a
-    malformed request line, header or chunk, an over-long header, a connection lost mid-body),
-    which it has already answered 400. Those become one DEBUG line naming the problem; real
-    handler errors pass through untouched."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is None or not _client_fault(exc):
-            return True
-        record.msg = "bad request from a client: %s: %s"
-        text = getattr(exc, "message", None) or str(exc)
-        record.args = (type(exc).__name__, truncate_for_log(str(text).strip().split("\n")[0], 120))
-        record.exc_info = None
-        record.exc_text = None
-        record.levelno = logging.DEBUG
-        record.levelname = "DEBUG"
-        return logging.getLogger().isEnabledFor(logging.DEBUG)
-
-
-def _client_fault(exc: BaseException) -> bool:
-    try:
-        from aiohttp import ClientPayloadError
-        from aiohttp.http_exceptions import HttpProcessingError
-    except ImportError:  # pragma: no cover - aiohttp is a dependency
-        return False
-    if isinstance(exc, HttpProcessingError):
-        return int(getattr(exc, "code", 400) or 400) < 500
-    return isinstance(exc, ConnectionResetError | ClientPayloadError)
-
-
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(ClientErrorFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

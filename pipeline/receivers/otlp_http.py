@@ -32,6 +32,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from pipeline.client_errors import quiet_client_errors
 from pipeline.config import OtlpReceiverConfig, parse_endpoint
 from pipeline.otlp.errors import OtlpDecodeError
 from pipeline.otlp.json_mapping import parse_json_request, response_to_json
@@ -97,6 +98,7 @@ class OtlpHttpReceiver:
         assert self.cfg.http is not None
         endpoint = self.cfg.http.endpoint
         host, port = parse_endpoint(endpoint)
+        quiet_client_errors()  # client-side HTTP errors: one DEBUG line, not a traceback
         # auto_decompress off: gzip is inflated here, incrementally and capped
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
