@@ -415,7 +415,7 @@ class Target:
 
 
 def flagged(receiver: str, status: str) -> bool:
-    if status.startswith("conn:") or status == "timeout":
+    if status.startswith("conn:") or status in ("timeout", "DEADLINE_EXCEEDED"):
         return True
     if receiver == "http":
         return int(status) >= 500 and status != "503"
@@ -525,16 +525,22 @@ class Report:
     stores_after: bool = False
     tracebacks: int = 0
     elapsed: float = 0.0
+    sent: int = 0
+    wedged_after: int | None = None  # payloads answered before the target stopped answering
 
     @property
     def failures(self) -> int:
         return len(self.flagged)
 
     def ok(self) -> bool:
-        return not self.flagged and self.ready_after and self.stores_after and not self.tracebacks
+        return (not self.flagged and self.ready_after and self.stores_after and not self.tracebacks
+                and self.wedged_after is None)
 
     def text(self, n: int) -> str:
-        lines = [f"{n} payloads in {self.elapsed:.0f} s ({n / max(self.elapsed, 1e-9):.0f}/s)"]
+        lines = [f"{self.sent} of {n} payloads in {self.elapsed:.0f} s ({self.sent / max(self.elapsed, 1e-9):.0f}/s)"]
+        if self.wedged_after is not None:
+            lines.append(f"  TARGET WEDGED: requests stopped getting answers after {self.wedged_after} payloads "
+                         "(the run was stopped; see the timeouts below)")
         for receiver in ("http", "grpc"):
             row = sorted((s, c) for (rcv, s), c in self.counts.items() if rcv == receiver)
             lines.append(f"  {receiver:4s}: " + ", ".join(f"{s}={c}" for s, c in row))
@@ -553,14 +559,21 @@ class Report:
 
 
 def run_fuzz(pipe: Pipeline, n: int, seed: int, concurrency: int, out: Path, only: int | None = None,
-             progress: bool = False, idle: float = 0.0) -> Report:
+             progress: bool = False, idle: float = 0.0, timeout: float = 30.0) -> Report:
+    """Send the payloads; stop early when `concurrency` requests in a row got no answer within
+    `timeout` seconds (the target is wedged: every further request would wait as long)."""
     target = Target(pipe.ports[1], f"127.0.0.1:{pipe.ports[0]}")
+    target.timeout = timeout
     report = Report(rss_start_kib=rss_kib(pipe.proc.pid))
     lock = threading.Lock()
     done = [0]
+    timeouts_in_a_row = [0]
+    wedged = threading.Event()
     t_start = time.monotonic()
 
     def one(index: int) -> None:
+        if wedged.is_set():
+            return
         p = make_payload(seed, index)
         t0 = time.monotonic()
         status = target.send(p)
@@ -578,6 +591,14 @@ def run_fuzz(pipe: Pipeline, n: int, seed: int, concurrency: int, out: Path, onl
                      "grpc_gzip": p.grpc_gzip, "status": status, "kind": p.kind}, indent=1))
                 report.flagged.append((index, p.receiver, status, str(path)))
             done[0] += 1
+            report.sent = done[0]
+            if status in ("timeout", "DEADLINE_EXCEEDED"):
+                timeouts_in_a_row[0] += 1
+                if timeouts_in_a_row[0] >= concurrency and not wedged.is_set():
+                    wedged.set()
+                    report.wedged_after = done[0] - timeouts_in_a_row[0]
+            else:
+                timeouts_in_a_row[0] = 0
             if progress and done[0] % 5000 == 0:
                 print(f"  {done[0]}/{n} sent, {len(report.flagged)} flagged, "
                       f"{time.monotonic() - t_start:.0f} s", file=sys.stderr, flush=True)
@@ -588,7 +609,10 @@ def run_fuzz(pipe: Pipeline, n: int, seed: int, concurrency: int, out: Path, onl
             pass
     report.elapsed = time.monotonic() - t_start
     report.ready_after = pipe.ready()
-    report.stores_after = pipe.stores_a_good_span()
+    try:
+        report.stores_after = pipe.stores_a_good_span()
+    except OSError:  # no answer at all
+        report.stores_after = False
     report.rss_end_kib = rss_kib(pipe.proc.pid)
     if idle:
         time.sleep(idle)
@@ -608,11 +632,12 @@ def main() -> None:
     ap.add_argument("--root", default=str(ROOT), help="checkout whose code `tracepipe run` runs")
     ap.add_argument("--keep", action="store_true", help="keep the target's data directory and log")
     ap.add_argument("--idle", type=float, default=10.0, help="seconds idle before the last VmRSS reading")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds a request may take before it is a hang")
     args = ap.parse_args()
     pipe = start_pipeline(args.root, [])
     try:
         report = run_fuzz(pipe, args.n, args.seed, args.concurrency, Path(args.out), args.only, progress=True,
-                          idle=args.idle)
+                          idle=args.idle, timeout=args.timeout)
     finally:
         pipe.stop()
         if args.keep:

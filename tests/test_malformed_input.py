@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -199,6 +200,33 @@ def test_bad_compression_and_content_types_are_4xx(pipe: PipelineProcess) -> Non
     assert post(pipe, zlib.compress(good)[:-3], "application/x-protobuf", "deflate")[0] == 400
     assert post(pipe, good, "text/plain")[0] == 415
     assert post(pipe, good, "application/x-protobuf", "br")[0] == 415
+
+
+RAW_HTTP = {
+    "bad_chunk_size": b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nxx\r\n0\r\n\r\n",
+    "negative_content_length": b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: -5\r\n\r\n",
+    "header_too_long": b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: " + b"a" * 20000 + b"\r\n\r\n",
+    "not_http": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(100),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW_HTTP))
+def test_broken_http_framing_is_400_without_a_traceback(pipe: PipelineProcess, case: str) -> None:
+    with socket.create_connection(("127.0.0.1", pipe.http_port), timeout=30) as s:
+        s.sendall(RAW_HTTP[case])
+        head = s.recv(64)
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head, head
+
+
+def test_client_leaving_mid_body_leaves_no_traceback(pipe: PipelineProcess) -> None:
+    with socket.create_connection(("127.0.0.1", pipe.http_port), timeout=30) as s:
+        s.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                  b"Content-Length: 1000\r\n\r\n0123456789")
+    tid = _tid()  # the receiver carries on
+    assert post(pipe, pb_req(tid).SerializeToString(), "application/x-protobuf")[0] == 200
+    assert "Traceback" not in pipe.log()
 
 
 def test_malformed_protobuf_is_invalid_argument_over_grpc(pipe: PipelineProcess) -> None:

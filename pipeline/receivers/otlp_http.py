@@ -30,7 +30,7 @@ import asyncio
 import logging
 import zlib
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -39,6 +39,7 @@ from pipeline.auth.guard import ListenerAuth
 from pipeline.auth.http import PRINCIPAL_KEY, auth_middleware, ingest_scope, refusal
 from pipeline.auth.principal import ANONYMOUS
 from pipeline.auth.tokens import Failure
+from pipeline.client_errors import quiet_client_errors
 from pipeline.config import OtlpReceiverConfig, parse_endpoint
 from pipeline.otlp.errors import OtlpDecodeError
 from pipeline.otlp.json_mapping import parse_json_request, response_to_json
@@ -127,6 +128,7 @@ class OtlpHttpReceiver:
         assert self.cfg.http is not None
         endpoint = self.cfg.http.endpoint
         host, port = parse_endpoint(endpoint)
+        quiet_client_errors()  # client-side HTTP errors: one DEBUG line, not a traceback
         # auto_decompress off: gzip is inflated here, incrementally and capped
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
@@ -198,6 +200,9 @@ class OtlpHttpReceiver:
             return self._error(413, str(e), as_json)
         except OtlpDecodeError as e:
             return self._error(400, e.message, as_json)
+        except (ConnectionResetError, ClientPayloadError) as e:  # the client went away or sent a broken body
+            self.log.debug("receiver %s: incomplete request body: %s", self.receiver_id, type(e).__name__)
+            return self._error(400, "incomplete request body", as_json)
         try:
             if not as_json:
                 req = decode_protobuf(body)  # upb: ~1.4 M spans/s, fine on the loop
