@@ -659,8 +659,9 @@ class ClickHouseSink(BaseSink):
             except Exception as e:
                 transient = is_transient(e)
                 if not transient or attempt >= self.cfg.retries:
-                    # Only data the server refuses is dropped; anything else (a missing table, an
-                    # unknown failure) stays retryable so the batch is not lost.
+                    # Only data the server refuses is not retryable (the chain isolates and
+                    # dead-letters it); anything else (a missing table, an unknown failure) stays
+                    # retryable, dead-lettered only past the chain's retry budget.
                     # Never put attribute values in the message: name the error only.
                     code = error_code(e)
                     detail = f"{type(e).__name__}" + (f" (ClickHouse code {code})" if code else "")
