@@ -528,7 +528,9 @@ def _refuse_unstorable_times(spans: list[Span], component_id: str, *, stored: in
     Checked before inserting because ClickHouse would not refuse it atomically: the spans
     table takes the rows, then the trace-summary view overflows (code 407) and the insert
     fails, leaving rows behind that a retry of the halves would store again."""
-    if spans and (max([s.end_ns for s in spans]) > _I64 or max([s.start_ns for s in spans]) > _I64):
+    if not spans or max([s.end_ns for s in spans]) <= _I64:
+        return
+    if any(_summary_end_overflows(s.start_ns, s.end_ns) for s in spans if s.end_ns > _I64):
         raise SinkError(
             f"{component_id}: span times after 2262-04-11 cannot be stored (DateTime64(9) range; "
             "the trace-summary view would overflow, ClickHouse code 407)",
@@ -536,6 +538,18 @@ def _refuse_unstorable_times(spans: list[Span], component_id: str, *, stored: in
             reason="overflow",
             stored=stored,
         )
+
+
+_MIN_DT64_NS = -2_208_988_800 * 1_000_000_000  # 1900-01-01
+
+
+def _summary_end_overflows(start_ns: int, end_ns: int) -> bool:
+    """Whether the summary view's `addNanoseconds(Timestamp, toInt64(Duration))` leaves
+    DateTime64(9)'s range for this span, as `spans_to_arrow` writes its columns."""
+    start = min(max(start_ns, 0), _I64)
+    duration = min(end_ns - start, _U64) if end_ns > start else 0
+    signed = duration - 2**64 if duration > _I64 else duration
+    return not _MIN_DT64_NS <= start + signed <= _I64
 
 
 def dedup_token(batch_id: str, chunk: int) -> str:

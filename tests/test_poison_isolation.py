@@ -454,3 +454,26 @@ async def test_spans_clamped_at_the_door_are_stored(clickhouse_dsn: str, chdb_da
         await sink.close()
     assert rows == [("end_before_start", 0), ("event_time_out_of_range", 1_000_000_000)]
     assert store.list() == []
+
+
+async def test_the_sinks_time_check_predicts_exactly_which_spans_the_summary_view_overflows_on(
+        clickhouse_dsn: str, chdb_database: str):
+    from sinks.clickhouse import _summary_end_overflows, spans_to_arrow
+
+    i64 = 2**63 - 1
+    pairs = [(NOW, i64), (NOW, i64 + 1), (2**64 - 1, 2**64 - 1), (0, 2**64 - 1), (NOW, 2**64 - 1),
+             (i64 + 5, i64 + 10), (NOW, NOW - 1), (i64, 2**64 - 2)]
+    sink = await started_sink(clickhouse_dsn, chdb_database, ttl_days=None, retries=0)
+    refused = []
+    try:
+        for n, (start, end) in enumerate(pairs):
+            try:
+                sink._insert(spans_to_arrow([Span(f"{n + 1:032x}", f"{n + 1:016x}", "t", start, end)]), f"p{n}")
+                refused.append(False)
+            except DatabaseError as e:
+                assert classify_error(e) == (False, "overflow")
+                refused.append(True)
+    finally:
+        await sink.close()
+    assert refused == [_summary_end_overflows(s, e) for s, e in pairs]
+    assert True in refused and False in refused
