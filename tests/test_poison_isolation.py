@@ -477,3 +477,48 @@ async def test_the_sinks_time_check_predicts_exactly_which_spans_the_summary_vie
         await sink.close()
     assert refused == [_summary_end_overflows(s, e) for s, e in pairs]
     assert True in refused and False in refused
+
+
+async def test_the_grpc_receiver_answers_partial_success_for_unstorable_times_and_counts_clamps():
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    from pipeline.receivers.otlp_grpc import OtlpGrpcReceiver
+    from tests.otlp_support import pb_request, pb_span, running
+
+    late, backwards, fine = pb_span(0), pb_span(1), pb_span(2)
+    late.end_time_unix_nano = PAST_2262
+    backwards.end_time_unix_nano = 0
+    async with running(OtlpGrpcReceiver) as rig:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rig.port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            resp = await stub.Export(pb_request([late, backwards, fine]), timeout=10)
+        assert resp.partial_success.rejected_spans == 1
+        assert "2262" in resp.partial_success.error_message
+        assert [s.name for s in await rig.take_spans()] == ["span-1", "span-2"]
+        assert rig.metric("dropped_spans", reason="timestamp_out_of_range") == 1
+        assert rig.metric("receiver_clamped_spans", receiver="otlp", reason="end_before_start") == 1
+
+
+async def test_values_found_storable_are_stored_as_they_are(clickhouse_dsn: str, chdb_database: str, store):
+    """Why the door has no rule for them: each of these is stored by chDB unchanged."""
+    from pipeline.spans import Event
+
+    odd = Span(f"{1:032x}", f"{1:016x}", "", NOW, NOW + 1, events=[Event(0, "at zero")],
+               attributes={"big": 2**63 - 1, "small": -(2**63), "nan": float("nan"), "inf": float("-inf"),
+                           "nul\x00key": "nul\x00value", "gen_ai.usage.cost_usd": float("inf"),
+                           "gen_ai.usage.input_tokens": 2**63 - 1})
+    long_name = Span(f"{1:032x}", f"{2:016x}", "n" * 2_000_000, 0, NOW)
+    t = Telemetry()
+    sink = await started_sink(clickhouse_dsn, chdb_database, ttl_days=None, retries=0)
+    try:
+        await _chain({"clickhouse": sink}, t, store).run(SpanBatch([odd, long_name], "odd"))
+        rows = sink._client.query(
+            f"SELECT length(SpanName), SpanAttributes['big'], SpanAttributes['nan'], SpanAttributes['inf'], "
+            f"SpanAttributes['nul\\0key'], CostUsd, InputTokens FROM {chdb_database}.otel_traces ORDER BY SpanId"
+        ).result_rows
+    finally:
+        await sink.close()
+    assert store.list() == []
+    assert rows[0] == (0, str(2**63 - 1), "nan", "-inf", "nul\x00value", None, 2**63 - 1)
+    assert rows[1][0] == 2_000_000
