@@ -423,13 +423,13 @@ def test_door_rejects_times_storage_cannot_hold_and_clamps_what_it_can_fix():
     assert (res.accepted, res.rejected) == (3, 2)
     assert res.reasons == {"timestamp_out_of_range": 2}
     assert "2262" in res.message
-    assert res.clamped == {"end_before_start": 1, "event_time_out_of_range": 1}
+    assert res.clamped == {"end_before_start": 1}
     kept = list(req.resource_spans[0].scope_spans[0].spans)
     assert [sp.name for sp in kept] == ["span-0", "span-3", "span-4"]
     assert kept[1].end_time_unix_nano == kept[1].start_time_unix_nano
-    assert kept[2].events[0].time_unix_nano == kept[2].end_time_unix_nano
+    assert kept[2].events[0].time_unix_nano == 2**64 - 1  # left to the sink, which clamps it
     flags = {sp.name: [a.value.string_value for a in sp.attributes if a.key == CLAMPED_ATTRIBUTE] for sp in kept}
-    assert flags == {"span-0": [], "span-3": ["end_before_start"], "span-4": ["event_time_out_of_range"]}
+    assert flags == {"span-0": [], "span-3": ["end_before_start"], "span-4": []}
     off = pb_request([pb_span(9)])
     off.resource_spans[0].scope_spans[0].spans[0].end_time_unix_nano = PAST_2262
     assert sanitize(off, 1000, storage_checks=False).rejected == 0
@@ -450,9 +450,13 @@ async def test_spans_clamped_at_the_door_are_stored(clickhouse_dsn: str, chdb_da
         rows = sink._client.query(
             f"SELECT SpanAttributes['tracepipe.clamped'], Duration FROM {chdb_database}.otel_traces "
             "ORDER BY SpanId").result_rows
+        (event_time,) = sink._client.query(
+            f"SELECT toUnixTimestamp64Nano(`Events.Timestamp`[1]) FROM {chdb_database}.otel_traces "
+            "WHERE notEmpty(`Events.Timestamp`)").result_rows[0]
     finally:
         await sink.close()
-    assert rows == [("end_before_start", 0), ("event_time_out_of_range", 1_000_000_000)]
+    assert rows == [("end_before_start", 0), ("", 1_000_000_000)]
+    assert event_time == 2**63 - 1  # the last storable instant
     assert store.list() == []
 
 
