@@ -139,6 +139,12 @@ class ClickHouseSinkConfig(ComponentConfig):
         "exporter creates them (speed up `SpanAttributes['k'] = 'v'` filters). Off, inserts take about half "
         "the CPU (see bench/chdb_insert.py). Applies when the table is created.",
     )
+    connect_timeout: int = Field(10, ge=1, description="Seconds to connect to a ClickHouse server.")
+    send_receive_timeout: int = Field(
+        60, ge=1,
+        description="Seconds a ClickHouse server may take to answer one request before the write fails "
+        "(retryably): a hung server never holds a batch longer than this per attempt.",
+    )
     username: str | None = Field(None, description="User for a ClickHouse server (overrides the DSN's).")
     password: str | None = Field(None, description="Password for a ClickHouse server (overrides the DSN's).")
 
@@ -595,7 +601,11 @@ class ClickHouseSink(BaseSink):
         self._ready = True
 
     def _open(self) -> Any:
-        client = open_client(self.dsn, username=self.cfg.username, password=self.cfg.password)
+        client = open_client(
+            self.dsn, username=self.cfg.username, password=self.cfg.password,
+            http_options={"connect_timeout": self.cfg.connect_timeout,
+                          "send_receive_timeout": self.cfg.send_receive_timeout},
+        )
         if self.cfg.create_schema:
             for stmt in schema_statements(
                 self.cfg.database, self.cfg.table, self.cfg.ttl_days, attribute_indexes=self.cfg.attribute_indexes

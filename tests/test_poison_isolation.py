@@ -526,3 +526,71 @@ async def test_values_found_storable_are_stored_as_they_are(clickhouse_dsn: str,
     assert store.list() == []
     assert rows[0] == (0, str(2**63 - 1), "nan", "-inf", "nul\x00value", None, 2**63 - 1)
     assert rows[1][0] == 2_000_000
+
+
+class _HangingServer:
+    """A loopback socket that accepts connections and never answers (a hung ClickHouse)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import socket
+
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("server", ["hangs", "refuses"])
+async def test_a_hung_or_refusing_clickhouse_server_fails_retryably_and_never_holds_a_batch_forever(
+        server: str, store):
+    from sinks.clickhouse import factory
+    from tests.trace_samples import context
+
+    hang = _HangingServer() if server == "hangs" else None
+    port = hang.port if hang else free_port()
+    cfg = factory.config_model(dsn=f"http://127.0.0.1:{port}/default", retries=0, connect_timeout=1,
+                               send_receive_timeout=1)
+    t = Telemetry()
+    sink = factory.create("clickhouse", cfg, context(telemetry=t))
+    try:
+        await sink.start()  # unreachable is not fatal: not ready, connects on the next write
+        assert not sink.ready()
+        with pytest.raises(SinkError) as err:
+            await sink.write(SpanBatch(_spans(1), "direct"))
+        assert err.value.retryable and err.value.reason is None
+        retry = RetryConfig(initial_backoff=0.01, max_backoff=0.02, max_attempts=2, max_elapsed=2)
+        chain = _chain({"clickhouse": sink}, t, store, retry)
+        await chain.run(SpanBatch(_spans(2), "b1"))
+    finally:
+        await sink.close()
+        if hang:
+            hang.close()
+    assert sum(e.spans for e in store.list()) == 2
+    assert {e.reason for e in store.list()} == {"retries_exhausted"}
+    if hang:
+        assert hang.held  # it did hang the client, which gave up on its own
