@@ -545,13 +545,12 @@ class _HangingServer:
         self._thread.start()
 
     def _accept(self) -> None:
-        import socket
 
         self.sock.settimeout(0.1)
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
