@@ -81,8 +81,8 @@ class Telemetry:
         )
         self.receiver_clamped_spans = Counter(
             "receiver_clamped_spans",
-            "Spans a receiver accepted after clamping a value storage cannot hold (reason: end_before_start, "
-            "event_time_out_of_range); flagged with the attribute tracepipe.clamped.",
+            "Spans a receiver accepted after clamping a value storage cannot hold (reason: end_before_start); "
+            "flagged with the attribute tracepipe.clamped.",
             ["receiver", "reason"], namespace=ns, registry=r,
         )
         self.receiver_requests = Counter(

@@ -164,6 +164,12 @@ class ClickHouseSinkConfig(ComponentConfig):
         "exporter creates them (speed up `SpanAttributes['k'] = 'v'` filters). Off, inserts take about half "
         "the CPU (see bench/chdb_insert.py). Applies when the table is created.",
     )
+    connect_timeout: int = Field(10, ge=1, description="Seconds to connect to a ClickHouse server.")
+    send_receive_timeout: int = Field(
+        60, ge=1,
+        description="Seconds a ClickHouse server may take to answer one request before the write fails "
+        "(retryably): a hung server never holds a batch longer than this per attempt.",
+    )
     username: str | None = Field(None, description="User for a ClickHouse server (overrides the DSN's).")
     password: str | None = Field(None, description="Password for a ClickHouse server (overrides the DSN's).")
 
@@ -629,7 +635,9 @@ def _refuse_unstorable_times(spans: list[Span], component_id: str, *, stored: in
     Checked before inserting because ClickHouse would not refuse it atomically: the spans
     table takes the rows, then the trace-summary view overflows (code 407) and the insert
     fails, leaving rows behind that a retry of the halves would store again."""
-    if spans and (max([s.end_ns for s in spans]) > _I64 or max([s.start_ns for s in spans]) > _I64):
+    if not spans or max([s.end_ns for s in spans]) <= _I64:
+        return
+    if any(_summary_end_overflows(s.start_ns, s.end_ns) for s in spans if s.end_ns > _I64):
         raise SinkError(
             f"{component_id}: span times after 2262-04-11 cannot be stored (DateTime64(9) range; "
             "the trace-summary view would overflow, ClickHouse code 407)",
@@ -637,6 +645,18 @@ def _refuse_unstorable_times(spans: list[Span], component_id: str, *, stored: in
             reason="overflow",
             stored=stored,
         )
+
+
+_MIN_DT64_NS = -2_208_988_800 * 1_000_000_000  # 1900-01-01
+
+
+def _summary_end_overflows(start_ns: int, end_ns: int) -> bool:
+    """Whether the summary view's `addNanoseconds(Timestamp, toInt64(Duration))` leaves
+    DateTime64(9)'s range for this span, as `spans_to_arrow` writes its columns."""
+    start = min(max(start_ns, 0), _I64)
+    duration = min(end_ns - start, _U64) if end_ns > start else 0
+    signed = duration - 2**64 if duration > _I64 else duration
+    return not _MIN_DT64_NS <= start + signed <= _I64
 
 
 def dedup_token(batch_id: str, chunk: int) -> str:
@@ -682,7 +702,11 @@ class ClickHouseSink(BaseSink):
         self._ready = True
 
     def _open(self) -> Any:
-        client = open_client(self.dsn, username=self.cfg.username, password=self.cfg.password)
+        client = open_client(
+            self.dsn, username=self.cfg.username, password=self.cfg.password,
+            http_options={"connect_timeout": self.cfg.connect_timeout,
+                          "send_receive_timeout": self.cfg.send_receive_timeout},
+        )
         if self.cfg.create_schema:
             for stmt in schema_statements(
                 self.cfg.database, self.cfg.table, self.cfg.ttl_days, attribute_indexes=self.cfg.attribute_indexes,
@@ -785,8 +809,9 @@ class ClickHouseSink(BaseSink):
             except Exception as e:
                 transient = is_transient(e)
                 if not transient or attempt >= self.cfg.retries:
-                    # Only data the server refuses is dropped; anything else (a missing table, an
-                    # unknown failure) stays retryable so the batch is not lost.
+                    # Only data the server refuses is not retryable (the chain isolates and
+                    # dead-letters it); anything else (a missing table, an unknown failure) stays
+                    # retryable, dead-lettered only past the chain's retry budget.
                     # Never put attribute values in the message: name the error only.
                     code = error_code(e)
                     detail = f"{type(e).__name__}" + (f" (ClickHouse code {code})" if code else "")

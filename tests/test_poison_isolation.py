@@ -423,13 +423,13 @@ def test_door_rejects_times_storage_cannot_hold_and_clamps_what_it_can_fix():
     assert (res.accepted, res.rejected) == (3, 2)
     assert res.reasons == {"timestamp_out_of_range": 2}
     assert "2262" in res.message
-    assert res.clamped == {"end_before_start": 1, "event_time_out_of_range": 1}
+    assert res.clamped == {"end_before_start": 1}
     kept = list(req.resource_spans[0].scope_spans[0].spans)
     assert [sp.name for sp in kept] == ["span-0", "span-3", "span-4"]
     assert kept[1].end_time_unix_nano == kept[1].start_time_unix_nano
-    assert kept[2].events[0].time_unix_nano == kept[2].end_time_unix_nano
+    assert kept[2].events[0].time_unix_nano == 2**64 - 1  # left to the sink, which clamps it
     flags = {sp.name: [a.value.string_value for a in sp.attributes if a.key == CLAMPED_ATTRIBUTE] for sp in kept}
-    assert flags == {"span-0": [], "span-3": ["end_before_start"], "span-4": ["event_time_out_of_range"]}
+    assert flags == {"span-0": [], "span-3": ["end_before_start"], "span-4": []}
     off = pb_request([pb_span(9)])
     off.resource_spans[0].scope_spans[0].spans[0].end_time_unix_nano = PAST_2262
     assert sanitize(off, 1000, storage_checks=False).rejected == 0
@@ -450,7 +450,146 @@ async def test_spans_clamped_at_the_door_are_stored(clickhouse_dsn: str, chdb_da
         rows = sink._client.query(
             f"SELECT SpanAttributes['tracepipe.clamped'], Duration FROM {chdb_database}.otel_traces "
             "ORDER BY SpanId").result_rows
+        (event_time,) = sink._client.query(
+            f"SELECT toUnixTimestamp64Nano(`Events.Timestamp`[1]) FROM {chdb_database}.otel_traces "
+            "WHERE notEmpty(`Events.Timestamp`)").result_rows[0]
     finally:
         await sink.close()
-    assert rows == [("end_before_start", 0), ("event_time_out_of_range", 1_000_000_000)]
+    assert rows == [("end_before_start", 0), ("", 1_000_000_000)]
+    assert event_time == 2**63 - 1  # the last storable instant
     assert store.list() == []
+
+
+async def test_the_sinks_time_check_predicts_exactly_which_spans_the_summary_view_overflows_on(
+        clickhouse_dsn: str, chdb_database: str):
+    from sinks.clickhouse import _summary_end_overflows, spans_to_arrow
+
+    i64 = 2**63 - 1
+    pairs = [(NOW, i64), (NOW, i64 + 1), (2**64 - 1, 2**64 - 1), (0, 2**64 - 1), (NOW, 2**64 - 1),
+             (i64 + 5, i64 + 10), (NOW, NOW - 1), (i64, 2**64 - 2)]
+    sink = await started_sink(clickhouse_dsn, chdb_database, ttl_days=None, retries=0)
+    refused = []
+    try:
+        for n, (start, end) in enumerate(pairs):
+            try:
+                sink._insert(spans_to_arrow([Span(f"{n + 1:032x}", f"{n + 1:016x}", "t", start, end)]), f"p{n}")
+                refused.append(False)
+            except DatabaseError as e:
+                assert classify_error(e) == (False, "overflow")
+                refused.append(True)
+    finally:
+        await sink.close()
+    assert refused == [_summary_end_overflows(s, e) for s, e in pairs]
+    assert True in refused and False in refused
+
+
+async def test_the_grpc_receiver_answers_partial_success_for_unstorable_times_and_counts_clamps():
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    from pipeline.receivers.otlp_grpc import OtlpGrpcReceiver
+    from tests.otlp_support import pb_request, pb_span, running
+
+    late, backwards, fine = pb_span(0), pb_span(1), pb_span(2)
+    late.end_time_unix_nano = PAST_2262
+    backwards.end_time_unix_nano = 0
+    async with running(OtlpGrpcReceiver) as rig:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rig.port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            resp = await stub.Export(pb_request([late, backwards, fine]), timeout=10)
+        assert resp.partial_success.rejected_spans == 1
+        assert "2262" in resp.partial_success.error_message
+        assert [s.name for s in await rig.take_spans()] == ["span-1", "span-2"]
+        assert rig.metric("dropped_spans", reason="timestamp_out_of_range") == 1
+        assert rig.metric("receiver_clamped_spans", receiver="otlp", reason="end_before_start") == 1
+
+
+async def test_values_found_storable_are_stored_as_they_are(clickhouse_dsn: str, chdb_database: str, store):
+    """Why the door has no rule for them: each of these is stored by chDB unchanged."""
+    from pipeline.spans import Event
+
+    odd = Span(f"{1:032x}", f"{1:016x}", "", NOW, NOW + 1, events=[Event(0, "at zero")],
+               attributes={"big": 2**63 - 1, "small": -(2**63), "nan": float("nan"), "inf": float("-inf"),
+                           "nul\x00key": "nul\x00value", "gen_ai.usage.cost_usd": float("inf"),
+                           "gen_ai.usage.input_tokens": 2**63 - 1})
+    long_name = Span(f"{1:032x}", f"{2:016x}", "n" * 2_000_000, 0, NOW)
+    t = Telemetry()
+    sink = await started_sink(clickhouse_dsn, chdb_database, ttl_days=None, retries=0)
+    try:
+        await _chain({"clickhouse": sink}, t, store).run(SpanBatch([odd, long_name], "odd"))
+        rows = sink._client.query(
+            f"SELECT length(SpanName), SpanAttributes['big'], SpanAttributes['nan'], SpanAttributes['inf'], "
+            f"SpanAttributes['nul\\0key'], CostUsd, InputTokens FROM {chdb_database}.otel_traces ORDER BY SpanId"
+        ).result_rows
+    finally:
+        await sink.close()
+    assert store.list() == []
+    assert rows[0] == (0, str(2**63 - 1), "nan", "-inf", "nul\x00value", None, 2**63 - 1)
+    assert rows[1][0] == 2_000_000
+
+
+class _HangingServer:
+    """A loopback socket that accepts connections and never answers (a hung ClickHouse)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for c in self.held:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("server", ["hangs", "refuses"])
+async def test_a_hung_or_refusing_clickhouse_server_fails_retryably_and_never_holds_a_batch_forever(
+        server: str, store):
+    from sinks.clickhouse import factory
+    from tests.trace_samples import context
+
+    hang = _HangingServer() if server == "hangs" else None
+    port = hang.port if hang else free_port()
+    cfg = factory.config_model(dsn=f"http://127.0.0.1:{port}/default", retries=0, connect_timeout=1,
+                               send_receive_timeout=1)
+    t = Telemetry()
+    sink = factory.create("clickhouse", cfg, context(telemetry=t))
+    try:
+        await sink.start()  # unreachable is not fatal: not ready, connects on the next write
+        assert not sink.ready()
+        with pytest.raises(SinkError) as err:
+            await sink.write(SpanBatch(_spans(1), "direct"))
+        assert err.value.retryable and err.value.reason is None
+        retry = RetryConfig(initial_backoff=0.01, max_backoff=0.02, max_attempts=2, max_elapsed=2)
+        chain = _chain({"clickhouse": sink}, t, store, retry)
+        await chain.run(SpanBatch(_spans(2), "b1"))
+    finally:
+        await sink.close()
+        if hang:
+            hang.close()
+    assert sum(e.spans for e in store.list()) == 2
+    assert {e.reason for e in store.list()} == {"retries_exhausted"}
+    if hang:
+        assert hang.held  # it did hang the client, which gave up on its own

@@ -9,7 +9,9 @@ to replay). Key: the entry id. Headers (UTF-8): `tracepipe.reason`, `tracepipe.c
 
 The worker builds one with its Kafka settings and hands it to the chain:
 
-    chain.dead_letter = await KafkaDeadLetterPublisher.start_new(config.transport.kafka, telemetry)
+    chain.dead_letter = await KafkaDeadLetterPublisher.start_new(config.transport.kafka)
+    ...
+    await chain.dead_letter.close()  # at shutdown, after the chain closed
 
 `publish` returns once Kafka acknowledged the message (acks as the transport config says);
 a failure raises, and the chain counts the spans as dropped (reason `dead_letter_failed`)
@@ -71,8 +73,17 @@ class KafkaDeadLetterPublisher:
         self._producer = producer
 
     @classmethod
-    async def start_new(cls, cfg: KafkaTransportConfig, topic: str | None = None) -> KafkaDeadLetterPublisher:
+    async def start_new(
+        cls, cfg: KafkaTransportConfig, topic: str | None = None, *, ensure_topic: bool = True
+    ) -> KafkaDeadLetterPublisher:
+        """A started publisher; with `ensure_topic` the topic is created (one partition) when
+        missing, or verified when `create_topics` is false."""
         from aiokafka import AIOKafkaProducer
+
+        if ensure_topic:
+            from pipeline.transport.kafka_common import ensure_topics
+
+            await ensure_topics(cfg, {topic or cfg.dead_letter_topic: 1})
 
         producer = AIOKafkaProducer(
             **client_kwargs(cfg, "dead-letter"),

@@ -5,7 +5,8 @@ id that is not 16 bytes or is all zero, a span id that is not 8 bytes or is all 
 parent span id that is neither empty nor 8 bytes, more attributes than allowed — and
 drops scope/resource entries left empty. With `storage_checks` (the default) it also
 rejects spans whose times ClickHouse's DateTime64(9) cannot hold and clamps the fixable
-ones (see `_unstorable` and `_clamp_for_storage`). The rest of the request is kept: a bad span
+ones (a start or end past 2262-04-11 is rejected, an end before the start clamped; see
+`_clamp_for_storage`). The rest of the request is kept: a bad span
 never poisons its batch, and the client learns about the rejected ones through an OTLP
 partial success (rejected_spans + error_message).
 """
@@ -57,6 +58,7 @@ def sanitize(
     """Remove invalid spans in place; the counts by reason and a client-facing message."""
     res = SanitizeResult()
     storage = storage_checks
+    max_ns = MAX_STORABLE_NS
     clamped = res.clamped
     reasons = res.reasons
     zero_t = _ZERO_TRACE
@@ -82,10 +84,10 @@ def sanitize(
                     reason = "invalid_parent_span_id"
                 elif len(sp.attributes) > max_attrs:
                     reason = "too_many_attributes"
-                elif storage and _unstorable(sp):
-                    reason = "timestamp_out_of_range"
+                elif storage and ((st := sp.start_time_unix_nano) > max_ns or (en := sp.end_time_unix_nano) > max_ns):
+                    reason = "timestamp_out_of_range"  # a clock bug, not data: rejected
                 else:
-                    if storage and (sp.end_time_unix_nano < sp.start_time_unix_nano or sp.events):
+                    if storage and en < st:
                         _clamp_for_storage(sp, clamped)
                     continue
                 bad.append(i)
@@ -112,32 +114,16 @@ def sanitize(
     return res
 
 
-def _unstorable(sp: Any) -> bool:
-    """Times storage cannot hold: rejected (a span ending in 2276 is a clock bug, not data)."""
-    return sp.start_time_unix_nano > MAX_STORABLE_NS or sp.end_time_unix_nano > MAX_STORABLE_NS
-
-
 def _clamp_for_storage(sp: Any, clamped: dict[str, int]) -> None:
-    """Fix in place what storage would misread, and flag the span (`tracepipe.clamped`):
-    an end before the start becomes the start (duration 0: an unset end is common in
-    hand-rolled exporters); an event time past the storable range becomes the span's end."""
-    what: list[str] = []
-    if sp.end_time_unix_nano < sp.start_time_unix_nano:
-        sp.end_time_unix_nano = sp.start_time_unix_nano
-        what.append("end_before_start")
-    moved = False
-    for ev in sp.events:
-        if ev.time_unix_nano > MAX_STORABLE_NS:
-            ev.time_unix_nano = sp.end_time_unix_nano
-            moved = True
-    if moved:
-        what.append("event_time_out_of_range")
-    if what:
-        for reason in what:
-            clamped[reason] = clamped.get(reason, 0) + 1
-        kv = sp.attributes.add()
-        kv.key = CLAMPED_ATTRIBUTE
-        kv.value.string_value = ",".join(what)
+    """Fix in place what storage would misread, and flag the span (`tracepipe.clamped`): an
+    end before the start becomes the start (duration 0; an unset end is common in hand-rolled
+    exporters). Event times are not read here (a field read per event on the hot path): the
+    clickhouse sink stores an event time past 2262 as the last storable instant."""
+    sp.end_time_unix_nano = sp.start_time_unix_nano
+    clamped["end_before_start"] = clamped.get("end_before_start", 0) + 1
+    kv = sp.attributes.add()
+    kv.key = CLAMPED_ATTRIBUTE
+    kv.value.string_value = "end_before_start"
 
 
 def _remove(spans: Any, bad: list[int]) -> None:

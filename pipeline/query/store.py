@@ -94,6 +94,7 @@ def open_client(
     password: str | None = None,
     settings: dict[str, Any] | None = None,
     create: bool = True,
+    http_options: dict[str, Any] | None = None,
 ) -> Client:
     """A clickhouse-connect client for `dsn` (blocking: call it off the event loop).
 
@@ -119,4 +120,5 @@ def open_client(
         kwargs["username"] = username
     if password is not None:
         kwargs["password"] = password
+    kwargs.update(http_options or {})  # e.g. connect_timeout, send_receive_timeout (servers only)
     return clickhouse_connect.get_client(dsn=dsn, **kwargs)
