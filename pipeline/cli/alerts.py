@@ -31,7 +31,8 @@ def alerts(
     config_path: str | None, data_dir: str | None, show_all: bool, limit: int, api_url: str | None, as_json: bool
 ) -> None:
     """Show active anomaly alerts (rule, key, observed value, baseline, since when)."""
-    from pipeline.cli.query import ApiUnreachable, QueryFailed, _api_get
+    from pipeline.cli.api_client import ApiUnreachable, QueryFailed
+    from pipeline.cli.api_client import api_get as _api_get
 
     cfg = load_or_exit(config_path, data_dir=data_dir)
     if api_url and "://" not in api_url:

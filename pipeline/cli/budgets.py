@@ -82,7 +82,8 @@ def _from_api(
 ) -> list[dict[str, Any]] | None:
     from urllib.parse import quote
 
-    from pipeline.cli.query import ApiUnreachable, QueryFailed, _api_get
+    from pipeline.cli.api_client import ApiUnreachable, QueryFailed
+    from pipeline.cli.api_client import api_get as _api_get
 
     path = f"/api/budgets/{quote(scope, safe='+')}/{quote(id_, safe='/@')}"
     try:

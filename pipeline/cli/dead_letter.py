@@ -12,42 +12,19 @@ import asyncio
 import datetime as dt
 import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 import click
 
+from pipeline.cli.api_client import ApiUnreachable, QueryFailed, api_request
+from pipeline.cli.api_client import api_get as _api_get
 from pipeline.cli.options import config_options, load_or_exit
-from pipeline.cli.query import ApiUnreachable, QueryFailed, _api_get, api_option
-from pipeline.config import Config, parse_endpoint
-
-
-def _api_url(cfg: Config, api_url: str | None) -> str:
-    if api_url is not None:
-        return api_url.rstrip("/")
-    if not cfg.service.api.endpoint:
-        raise ApiUnreachable("the API is disabled in this config")
-    host, port = parse_endpoint(cfg.service.api.endpoint)
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+from pipeline.cli.query import api_option
+from pipeline.config import Config
 
 
 def _api_post(cfg: Config, path: str, api_url: str | None) -> Any:
-    url = _api_url(cfg, api_url) + path
-    req = urllib.request.Request(url, data=b"", method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=600) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read()).get("error", e.reason)
-        except Exception:
-            message = str(e.reason)
-        raise QueryFailed(e.code, message) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise ApiUnreachable(str(getattr(e, "reason", e))) from None
+    return api_request(cfg, "POST", path, None, api_url, timeout=600)[1]
 
 
 async def _local(cfg: Config, call: str, *args: Any, with_chain: bool = False, **kwargs: Any) -> Any:

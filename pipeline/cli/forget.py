@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
@@ -19,43 +18,16 @@ from typing import Any
 
 import click
 
+from pipeline.cli.api_client import ApiUnreachable, QueryFailed, api_request
 from pipeline.cli.options import config_options, load_or_exit
-from pipeline.cli.query import ApiUnreachable, QueryFailed, api_option
-from pipeline.config import Config, parse_endpoint
-
-
-def _base_url(cfg: Config, api_url: str | None) -> str:
-    if api_url is not None:
-        return api_url.rstrip("/")
-    if not cfg.service.api.endpoint:
-        raise ApiUnreachable("the API is disabled in this config")
-    host, port = parse_endpoint(cfg.service.api.endpoint)
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+from pipeline.cli.query import api_option
+from pipeline.config import Config
 
 
 def _api(cfg: Config, method: str, path: str, params: dict[str, Any], api_url: str | None) -> tuple[int, Any]:
-    """(status, JSON body) of a request to the running pipeline; ApiUnreachable when nothing listens;
-    QueryFailed for an answer other than 200 without a JSON body."""
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-    url = _base_url(cfg, api_url) + path + (f"?{query}" if query else "")
-    token = os.environ.get("TRACEPIPE_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=120) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        try:
-            body = json.loads(e.read())
-        except ValueError:
-            raise QueryFailed(e.code, str(e.reason)) from None
-        if "removed" in body:  # a forget with a failing store: the counts are still the answer
-            return e.code, body
-        raise QueryFailed(e.code, body.get("error", str(e.reason))) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise ApiUnreachable(str(getattr(e, "reason", e))) from None
+    """(status, JSON body); a forget with a failing store still answers its counts (`removed`)."""
+    return api_request(cfg, method, path, params, api_url, timeout=120,
+                       error_body_is_answer=lambda body: isinstance(body, dict) and "removed" in body)
 
 
 def _local_forget(cfg: Config, request: Any) -> dict[str, Any]:

@@ -10,58 +10,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 import click
 
+from pipeline.cli.api_client import ApiUnreachable, QueryFailed
+from pipeline.cli.api_client import api_get as _api_get
 from pipeline.cli.options import config_options, current_token, endpoint_options, load_or_exit, token_option
-from pipeline.config import Config, parse_endpoint
+from pipeline.config import Config
 
 # The `by` values of GET /api/analytics/cost (pipeline.query.traces.COST_DIMENSIONS, not imported:
 # it would load clickhouse-connect at CLI start).
 COST_DIMENSIONS = (
     "model", "response_model", "service", "user", "feature", "operation", "provider", "session", "tenant", "customer",
 )  # fmt: skip
-
-
-class ApiUnreachable(Exception):
-    pass
-
-
-class QueryFailed(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _api_get(cfg: Config, path: str, params: dict[str, Any], api_url: str | None) -> Any:
-    """GET from the running pipeline's API; ApiUnreachable when nothing listens there."""
-    if api_url is None:
-        if not cfg.service.api.endpoint:
-            raise ApiUnreachable("the API is disabled in this config")
-        host, port = parse_endpoint(cfg.service.api.endpoint)
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1"
-        scheme = "https" if cfg.service.api.tls is not None else "http"
-        api_url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
-    query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-    url = f"{api_url.rstrip('/')}{path}" + (f"?{query}" if query else "")
-    token = current_token()
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read()).get("error", e.reason)
-        except Exception:
-            message = str(e.reason)
-        raise QueryFailed(e.code, message) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise ApiUnreachable(str(getattr(e, "reason", e))) from None
 
 
 def _local(cfg: Config, call: str, *args: Any, **kwargs: Any) -> Any:

@@ -13,8 +13,10 @@ from typing import Any
 
 import click
 
+from pipeline.cli.api_client import ApiUnreachable, QueryFailed
+from pipeline.cli.api_client import api_get as _api_get
 from pipeline.cli.options import config_options, load_or_exit
-from pipeline.cli.query import ApiUnreachable, QueryFailed, _api_get, api_option
+from pipeline.cli.query import api_option
 from pipeline.config import Config
 
 

@@ -1,0 +1,81 @@
+"""The CLI's client of the running pipeline's API: one place for the URL, the bearer token and errors.
+
+Every command that asks the pipeline (`traces`, `cost`, `sessions`, `users`, `budgets show`,
+`alerts`, `dead-letter`, `forget`, `audit`) goes through `api_request`: the API of the config
+(`service.api.endpoint`; https when it has `tls`; a wildcard bind is reached on loopback) or
+`--api-url`, with `Authorization: Bearer` from `--token` / `TRACEPIPE_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pipeline.cli.options import current_token
+from pipeline.config import Config, parse_endpoint
+
+
+class ApiUnreachable(Exception):
+    """Nothing answers at the API address (the caller then opens the data itself)."""
+
+
+class QueryFailed(Exception):
+    """The API answered with an error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def api_base_url(cfg: Config, api_url: str | None = None) -> str:
+    if api_url is not None:
+        return api_url.rstrip("/")
+    if not cfg.service.api.endpoint:
+        raise ApiUnreachable("the API is disabled in this config")
+    host, port = parse_endpoint(cfg.service.api.endpoint)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    scheme = "https" if cfg.service.api.tls is not None else "http"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def api_request(
+    cfg: Config,
+    method: str,
+    path: str,
+    params: Mapping[str, Any] | None = None,
+    api_url: str | None = None,
+    *,
+    timeout: float = 30,
+    error_body_is_answer: Callable[[Any], bool] | None = None,
+) -> tuple[int, Any]:
+    """(status, JSON body) of one request. ApiUnreachable when nothing listens; QueryFailed for an
+    error answer, unless `error_body_is_answer(body)` says that error body is the answer itself."""
+    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
+    url = api_base_url(cfg, api_url) + path + (f"?{query}" if query else "")
+    token = current_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, method=method, headers=headers, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        try:
+            body = json.loads(e.read())
+        except ValueError:
+            raise QueryFailed(e.code, str(e.reason)) from None
+        if error_body_is_answer is not None and error_body_is_answer(body):
+            return e.code, body
+        message = body.get("error", str(e.reason)) if isinstance(body, dict) else str(e.reason)
+        raise QueryFailed(e.code, message) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise ApiUnreachable(str(getattr(e, "reason", e))) from None
+
+
+def api_get(cfg: Config, path: str, params: Mapping[str, Any] | None = None, api_url: str | None = None) -> Any:
+    """The JSON body of a GET (see api_request)."""
+    return api_request(cfg, "GET", path, params, api_url)[1]
