@@ -216,10 +216,13 @@ async def test_a_sink_failing_past_max_attempts_is_isolated_and_dead_lettered_no
     t = Telemetry()
     down = Down("down", _ctx("down", t))
     retry = RetryConfig(initial_backoff=0.001, max_backoff=0.002, max_attempts=3, max_elapsed=5)
-    await _chain({"down": down}, t, store, retry).run(SpanBatch(_spans(4), "b1"))
-    assert sum(e.spans for e in store.list()) == 4
+    await _chain({"down": down}, t, store, retry).run(SpanBatch(_spans(1000), "b1"))
+    assert sum(e.spans for e in store.list()) == 1000
     assert {e.reason for e in store.list()} == {"retries_exhausted"}
     assert down.stored == []
+    # both halves failed retryably: the sink is down, not a span bad; no split down to single spans
+    assert [e.spans for e in store.list()] == [500, 500]
+    assert down.attempts == 3 + 2 * 2
 
 
 async def test_the_isolation_is_bounded_by_max_elapsed_too(store):
