@@ -198,19 +198,19 @@ class SinkWriter:
             t.dropped_spans.labels("sink_rejected" if kind == "sink" else "processor_error").inc(n)
             return
         stats: Any = batch.meta.get("replay_stats")
-        entry = DeadLetter(
-            request=encode_request(batch.spans),
-            spans=n,
-            reason=reason,
-            component=component,
-            kind=kind,
-            pipeline=pipeline,
-            error=failure.detail[:2000],
-            batch_id=batch.batch_id,
-            at=time.time(),
-            replay_of=batch.meta.get("replay_of"),
-        )
         try:
+            entry = DeadLetter(
+                request=encode_request(batch.spans),
+                spans=n,
+                reason=reason,
+                component=component,
+                kind=kind,
+                pipeline=pipeline,
+                error=failure.detail[:2000],
+                batch_id=batch.batch_id,
+                at=time.time(),
+                replay_of=batch.meta.get("replay_of"),
+            )
             await self.dead_letter.publish(entry)
         except Exception as e:
             self.log.error("could not keep %d dead-lettered span(s) of %s: %s; dropped", n, component,
