@@ -9,7 +9,8 @@
    errors), or a retryable failure past the budget, starts the isolation: the batch (minus
    the leading spans the sink reported stored) is split in halves, each half written once
    (one retry for a retryable failure); halves that fail are split again, down to single
-   spans. Every half gets its own batch id, `<parent id>~<0|1>` (and `<id>@<n>` for the rest
+   spans (when both halves of a split fail retryably the sink is down, not a span bad: the
+   halves are kept whole). Every half gets its own batch id, `<parent id>~<0|1>` (and `<id>@<n>` for the rest
    after `n` stored spans), so its deduplication token is the same on every redelivery.
 3. The spans still refused alone go to the dead-letter publisher with the reason, the sink
    id and the time, counted in `tracepipe_dead_letter_spans_total{sink,reason}`. When the
@@ -163,7 +164,7 @@ class SinkWriter:
             await self.dead_letter_spans(pipeline, sink_id, "sink", part, failure)
             return len(part.spans)
         mid = len(part.spans) // 2
-        dead = 0
+        failed: list[tuple[SpanBatch, Failure]] = []
         for pos, spans in enumerate((part.spans[:mid], part.spans[mid:])):
             half = SpanBatch(spans, f"{part.batch_id}~{pos}", meta=part.meta)
             f = await self._write_once_or_twice(sink_id, half)
@@ -172,6 +173,16 @@ class SinkWriter:
             if f.stored:
                 n = min(f.stored, len(spans))
                 half = SpanBatch(spans[n:], f"{half.batch_id}@{n}", meta=part.meta)
+            failed.append((half, f))
+        if len(failed) == 2 and all(f.retryable for _, f in failed):
+            # Both halves fail retryably: the sink is down, not a span bad. Splitting further
+            # would cost a write per span for nothing: keep each half whole.
+            for half, f in failed:
+                await self.dead_letter_spans(pipeline, sink_id, "sink", half,
+                                             Failure(True, "retries_exhausted", f.detail))
+            return sum(len(h.spans) for h, _ in failed)
+        dead = 0
+        for half, f in failed:
             dead += await self._isolate(pipeline, sink_id, half, f, deadline)
         return dead
 
@@ -190,19 +201,19 @@ class SinkWriter:
             t.dropped_spans.labels("sink_rejected" if kind == "sink" else "processor_error").inc(n)
             return
         stats: Any = batch.meta.get("replay_stats")
-        entry = DeadLetter(
-            request=encode_request(batch.spans),
-            spans=n,
-            reason=reason,
-            component=component,
-            kind=kind,
-            pipeline=pipeline,
-            error=failure.detail[:2000],
-            batch_id=batch.batch_id,
-            at=time.time(),
-            replay_of=batch.meta.get("replay_of"),
-        )
         try:
+            entry = DeadLetter(
+                request=encode_request(batch.spans),
+                spans=n,
+                reason=reason,
+                component=component,
+                kind=kind,
+                pipeline=pipeline,
+                error=failure.detail[:2000],
+                batch_id=batch.batch_id,
+                at=time.time(),
+                replay_of=batch.meta.get("replay_of"),
+            )
             await self.dead_letter.publish(entry)
         except Exception as e:
             self.log.error("could not keep %d dead-lettered span(s) of %s: %s; dropped", n, component,

@@ -216,10 +216,13 @@ async def test_a_sink_failing_past_max_attempts_is_isolated_and_dead_lettered_no
     t = Telemetry()
     down = Down("down", _ctx("down", t))
     retry = RetryConfig(initial_backoff=0.001, max_backoff=0.002, max_attempts=3, max_elapsed=5)
-    await _chain({"down": down}, t, store, retry).run(SpanBatch(_spans(4), "b1"))
-    assert sum(e.spans for e in store.list()) == 4
+    await _chain({"down": down}, t, store, retry).run(SpanBatch(_spans(1000), "b1"))
+    assert sum(e.spans for e in store.list()) == 1000
     assert {e.reason for e in store.list()} == {"retries_exhausted"}
     assert down.stored == []
+    # both halves failed retryably: the sink is down, not a span bad; no split down to single spans
+    assert [e.spans for e in store.list()] == [500, 500]
+    assert down.attempts == 3 + 2 * 2
 
 
 async def test_the_isolation_is_bounded_by_max_elapsed_too(store):
@@ -593,3 +596,31 @@ async def test_a_hung_or_refusing_clickhouse_server_fails_retryably_and_never_ho
     assert {e.reason for e in store.list()} == {"retries_exhausted"}
     if hang:
         assert hang.held  # it did hang the client, which gave up on its own
+
+
+class _FailingStore:
+    async def publish(self, entry) -> None:  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_dead_letter_the_store_cannot_keep_is_counted_dropped_and_the_batch_completes():
+    t = Telemetry()
+    sink = Picky("picky", _ctx("picky", t))
+    chain = Chain([PipelineRun("traces", [], ["picky"])], {"picky": sink}, t, FAST)
+    chain.dead_letter = _FailingStore()
+    await chain.run(SpanBatch(_spans(4, {1}), "b1"))
+    assert len(sink.stored) == 3
+    assert t.registry.get_sample_value("tracepipe_dropped_spans_total", {"reason": "dead_letter_failed"}) == 1
+
+
+async def test_a_refused_span_otlp_cannot_carry_is_counted_dropped_not_a_crash(store):
+    t = Telemetry()
+    sink = Picky("picky", _ctx("picky", t))
+    spans = _spans(4, {1})
+    spans[1].attributes["bad"] = "\ud800"  # a lone surrogate: no protobuf string can hold it
+    await _chain({"picky": sink}, t, store).run(SpanBatch(spans, "b1"))
+    assert len(sink.stored) == 3 and store.list() == []
+    assert t.registry.get_sample_value("tracepipe_dropped_spans_total", {"reason": "dead_letter_failed"}) == 1
