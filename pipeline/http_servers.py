@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.client_errors import quiet_client_errors
 from pipeline.config import ServiceConfig, parse_endpoint
 from pipeline.telemetry import Telemetry
 
@@ -21,6 +22,7 @@ class RunningServer:
         self.host = ""
 
     async def start(self) -> None:
+        quiet_client_errors()  # client-side HTTP errors: one DEBUG line, not a traceback
         host, port = parse_endpoint(self.endpoint)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
