@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.client_errors import quiet_client_errors
 from pipeline.config import ServiceConfig, parse_endpoint
 from pipeline.telemetry import Telemetry
 
@@ -24,6 +25,7 @@ class RunningServer:
         self.host = ""
 
     async def start(self) -> None:
+        quiet_client_errors()  # client-side HTTP errors: one DEBUG line, not a traceback
         host, port = parse_endpoint(self.endpoint)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=self.ssl_context)

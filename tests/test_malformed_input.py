@@ -212,12 +212,14 @@ RAW_HTTP = {
 }
 
 
+@pytest.mark.parametrize("port", ["otlp", "api"])
 @pytest.mark.parametrize("case", sorted(RAW_HTTP))
-def test_broken_http_framing_is_400_without_a_traceback(pipe: PipelineProcess, case: str) -> None:
-    with socket.create_connection(("127.0.0.1", pipe.http_port), timeout=30) as s:
+def test_broken_http_framing_is_400_without_a_traceback(pipe: PipelineProcess, case: str, port: str) -> None:
+    with socket.create_connection(("127.0.0.1", pipe.http_port if port == "otlp" else pipe.api_port), timeout=30) as s:
         s.sendall(RAW_HTTP[case])
         head = s.recv(64)
     assert head.startswith(b"HTTP/1.") and b" 400 " in head, head
+    assert "Traceback" not in pipe.log()  # aiohttp logs before it answers
 
 
 def test_client_leaving_mid_body_leaves_no_traceback(pipe: PipelineProcess) -> None:
