@@ -133,12 +133,12 @@ class OtlpGrpcReceiver(TraceServiceServicer):
             message = f"malformed OTLP protobuf: {e}"
             code = grpc.StatusCode.INVALID_ARGUMENT
             await context.abort(code, message, _status_metadata(code, message, None))
-        return await self.Export(request, context, raw=data)
+        return await self.Export(request, context)
 
     async def Export(
-        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext, raw: bytes | None = None
+        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext
     ) -> ExportTraceServiceResponse:
-        result = await self.handler.export(request, raw=raw)
+        result = await self.handler.export(request)
         if result.outcome is Outcome.ACCEPTED:
             self._count("partial" if result.partial else "ok")
             return result.response
