@@ -37,7 +37,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.telemetry import Telemetry
@@ -78,14 +78,13 @@ class _Segment:
     base: int  # first sequence number it may hold
     path: Path
     size: int = 0
-    data: int = 0  # DATA records in it
-    done: int = 0  # of those, how many belong to DONE batches
+    pending: set[int] = field(default_factory=set)  # its DATA records not yet in a DONE batch
     last_seq: int = -1
     fd: int | None = None
 
     @property
     def finished(self) -> bool:
-        return self.done >= self.data
+        return not self.pending
 
 
 def segment_name(base: int) -> str:
@@ -189,7 +188,7 @@ class WriteAheadLog:
             for kind, a, b, payload in records:
                 if kind == DATA:
                     data[a] = payload
-                    seg.data += 1
+                    seg.pending.add(a)
                     seg.last_seq = max(seg.last_seq, a)
                 elif kind == TAKEN:
                     taken[a] = b
@@ -252,7 +251,7 @@ class WriteAheadLog:
         self._write(encode(DATA, seq, 0, payload))
         self._next_seq += 1
         seg = self._segments[-1]
-        seg.data += 1
+        seg.pending.add(seq)
         seg.last_seq = seq
         return seq
 
@@ -385,10 +384,9 @@ class WriteAheadLog:
 
     def _mark_done(self, first: int, last: int) -> None:
         for seg in self._segments:
-            if seg.data and seg.base <= last and (seg.last_seq >= first):
-                lo, hi = max(first, seg.base), min(last, seg.last_seq)
-                if hi >= lo:
-                    seg.done += hi - lo + 1
+            if seg.pending and seg.base <= last and seg.last_seq >= first:
+                for seq in range(max(first, seg.base), min(last, seg.last_seq) + 1):
+                    seg.pending.discard(seq)
 
     def _collect(self) -> None:
         """Delete finished segments, oldest first, never the active one."""
