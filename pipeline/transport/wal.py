@@ -175,7 +175,8 @@ class WriteAheadLog:
             tmp.write_text(self.log_id + "\n")
             os.replace(tmp, id_path)
             self._fsync_dir()
-        data: dict[int, bytes] = {}
+        # Pass 1: framing and markers only (payloads are dropped as soon as read), so opening
+        # a large log holds one segment at a time plus what is still to be replayed.
         taken: dict[int, int] = {}
         done: dict[int, int] = {}
         paths = sorted(p for p in self.dir.iterdir() if p.name.endswith(SUFFIX) and p.stem.isdigit())
@@ -185,24 +186,29 @@ class WriteAheadLog:
             if corrupt:
                 log.warning("wal: %d corrupt or torn record(s) skipped in %s", corrupt, path.name)
                 self.stats.corrupt += corrupt
-            for kind, a, b, payload in records:
+            for kind, a, b, _payload in records:
                 if kind == DATA:
-                    data[a] = payload
                     seg.pending.add(a)
                     seg.last_seq = max(seg.last_seq, a)
                 elif kind == TAKEN:
                     taken[a] = b
                 else:
                     done[a] = b
+            del records
             self._segments.append(seg)
             self._next_seq = max(self._next_seq, seg.base, seg.last_seq + 1)
         self._total = sum(s.size for s in self._segments)
-        done_seqs: set[int] = set()
         for first, last in done.items():
             self._mark_done(first, last)
-            done_seqs.update(range(first, last + 1))
+        # Pass 2: the payloads still to be delivered.
+        data: dict[int, bytes] = {}
+        for seg in self._segments:
+            if seg.pending:
+                for kind, a, _b, payload in read_segment(seg.path)[0]:
+                    if kind == DATA and a in seg.pending:
+                        data[a] = payload
         replay: list[ReplayBatch] = []
-        seqs = sorted(s for s in data if s not in done_seqs)
+        seqs = sorted(data)
         i = 0
         while i < len(seqs):
             s = seqs[i]
