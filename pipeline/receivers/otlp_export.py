@@ -76,7 +76,10 @@ class ExportHandler:
         if spans > 0:
             self.telemetry.receiver_refused_spans.labels(self.receiver_id, reason).inc(spans)
 
-    async def export(self, req: ExportTraceServiceRequest) -> ExportResult:
+    async def export(self, req: ExportTraceServiceRequest, raw: bytes | None = None) -> ExportResult:
+        """`raw`: the protobuf bytes `req` was parsed from, if any; a transport that stores bytes
+        (`accepts_raw`, the embedded write-ahead log) takes them as they are when no span was
+        removed, instead of serialising the request again."""
         cfg = self.cfg
         total = count_spans(req)
         if total > cfg.max_spans_per_request:
@@ -99,7 +102,10 @@ class ExportHandler:
             return ExportResult(Outcome.ACCEPTED, resp)
         n = checked.accepted
         try:
-            offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout)
+            if raw is not None and not checked.rejected and getattr(self.transport, "accepts_raw", False):
+                offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout, raw=raw)  # type: ignore[call-arg]
+            else:
+                offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout)
         except Exception:
             self.log.exception("receiver %s: transport failed to take %d spans", self.receiver_id, n)
             self.refuse("transport_error", n)

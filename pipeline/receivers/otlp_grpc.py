@@ -133,12 +133,12 @@ class OtlpGrpcReceiver(TraceServiceServicer):
             message = f"malformed OTLP protobuf: {e}"
             code = grpc.StatusCode.INVALID_ARGUMENT
             await context.abort(code, message, _status_metadata(code, message, None))
-        return await self.Export(request, context)
+        return await self.Export(request, context, raw=data)
 
     async def Export(
-        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext
+        self, request: ExportTraceServiceRequest, context: grpc.aio.ServicerContext, raw: bytes | None = None
     ) -> ExportTraceServiceResponse:
-        result = await self.handler.export(request)
+        result = await self.handler.export(request, raw=raw)
         if result.outcome is Outcome.ACCEPTED:
             self._count("partial" if result.partial else "ok")
             return result.response

@@ -168,7 +168,7 @@ class OtlpHttpReceiver:
             return self._error(400, e.message, as_json)
         except (DecodeError, UnicodeDecodeError) as e:
             return self._error(400, f"malformed OTLP protobuf: {e}", as_json)
-        result = await self.handler.export(req)
+        result = await self.handler.export(req, raw=None if as_json else body)
         if result.outcome is Outcome.ACCEPTED:
             self._count("partial" if result.partial else "ok")
             return _reply(200, result.response, as_json)
