@@ -9,8 +9,8 @@ Prints, from one run:
 - receive-to-queryable latency p50/p99: a trace is sent, then the query API is polled
   until the trace is there, while a background load runs;
 - the write-ahead log's cost: the same workload through the in-memory queue (wal off), the
-  default `fsync: batch` and `fsync: always`, alternating, each as a ratio to the in-memory
-  queue of the same round (absolute figures move with the machine's load; the ratios less).
+  default `fsync: batch` and `fsync: always`, in an order rotating per round, each as a ratio
+  to the in-memory queue of the same round (absolute figures move with the machine's load; the ratios less).
 
     python bench/throughput.py [--spans 150000] [--latency-samples 100] [--wal-rounds 2] [--wal-only]
 """
@@ -173,7 +173,7 @@ def wal_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
         for rnd in range(rounds):
             per_wall: dict[str, float] = {}
             per_core: dict[str, float] = {}
-            for label, fsync in modes:
+            for label, fsync in modes[rnd % 3:] + modes[:rnd % 3]:  # rotate: no mode always runs first
                 data = Path(tmp) / f"data-{label}-{rnd}"
                 p = start_pipeline(data, "-c", str(wal_config(Path(tmp), fsync)))
                 try:

@@ -255,3 +255,18 @@ async def test_the_receivers_bytes_are_logged_as_they_are_when_given(tmp_path: P
     q.load_replay()
     assert await q.offer(req, 2, raw=raw) is Offer.ACCEPTED
     assert payloads(make_wal(tmp_path)) == [raw]
+
+
+async def test_a_segment_with_a_skipped_corrupt_record_is_kept_until_its_live_records_are_done(tmp_path: Path) -> None:
+    data = await write_records(tmp_path, 10)
+    seg = [s for s in segments(tmp_path) if s.stat().st_size][-1]
+    raw = bytearray(seg.read_bytes())
+    offset = sum(HEADER.size + len(p) for p in data[:5])
+    raw[offset + HEADER.size] ^= 0xFF  # record 5 fails its CRC
+    seg.write_bytes(bytes(raw))
+    wal = make_wal(tmp_path)
+    assert payloads(wal) == data[:5] + data[6:]
+    wal.mark_done(0, 8)  # a replayed batch spanning the hole: records 0-4 and 6-8
+    await wal.close()
+    assert seg.exists()
+    assert payloads(make_wal(tmp_path)) == [data[9]]

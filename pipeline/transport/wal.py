@@ -37,7 +37,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.telemetry import Telemetry
@@ -78,14 +78,13 @@ class _Segment:
     base: int  # first sequence number it may hold
     path: Path
     size: int = 0
-    data: int = 0  # DATA records in it
-    done: int = 0  # of those, how many belong to DONE batches
+    pending: set[int] = field(default_factory=set)  # its DATA records not yet in a DONE batch
     last_seq: int = -1
     fd: int | None = None
 
     @property
     def finished(self) -> bool:
-        return self.done >= self.data
+        return not self.pending
 
 
 def segment_name(base: int) -> str:
@@ -176,7 +175,8 @@ class WriteAheadLog:
             tmp.write_text(self.log_id + "\n")
             os.replace(tmp, id_path)
             self._fsync_dir()
-        data: dict[int, bytes] = {}
+        # Pass 1: framing and markers only (payloads are dropped as soon as read), so opening
+        # a large log holds one segment at a time plus what is still to be replayed.
         taken: dict[int, int] = {}
         done: dict[int, int] = {}
         paths = sorted(p for p in self.dir.iterdir() if p.name.endswith(SUFFIX) and p.stem.isdigit())
@@ -186,24 +186,29 @@ class WriteAheadLog:
             if corrupt:
                 log.warning("wal: %d corrupt or torn record(s) skipped in %s", corrupt, path.name)
                 self.stats.corrupt += corrupt
-            for kind, a, b, payload in records:
+            for kind, a, b, _payload in records:
                 if kind == DATA:
-                    data[a] = payload
-                    seg.data += 1
+                    seg.pending.add(a)
                     seg.last_seq = max(seg.last_seq, a)
                 elif kind == TAKEN:
                     taken[a] = b
                 else:
                     done[a] = b
+            del records
             self._segments.append(seg)
             self._next_seq = max(self._next_seq, seg.base, seg.last_seq + 1)
         self._total = sum(s.size for s in self._segments)
-        done_seqs: set[int] = set()
         for first, last in done.items():
             self._mark_done(first, last)
-            done_seqs.update(range(first, last + 1))
+        # Pass 2: the payloads still to be delivered.
+        data: dict[int, bytes] = {}
+        for seg in self._segments:
+            if seg.pending:
+                for kind, a, _b, payload in read_segment(seg.path)[0]:
+                    if kind == DATA and a in seg.pending:
+                        data[a] = payload
         replay: list[ReplayBatch] = []
-        seqs = sorted(s for s in data if s not in done_seqs)
+        seqs = sorted(data)
         i = 0
         while i < len(seqs):
             s = seqs[i]
@@ -252,7 +257,7 @@ class WriteAheadLog:
         self._write(encode(DATA, seq, 0, payload))
         self._next_seq += 1
         seg = self._segments[-1]
-        seg.data += 1
+        seg.pending.add(seq)
         seg.last_seq = seq
         return seq
 
@@ -385,10 +390,9 @@ class WriteAheadLog:
 
     def _mark_done(self, first: int, last: int) -> None:
         for seg in self._segments:
-            if seg.data and seg.base <= last and (seg.last_seq >= first):
-                lo, hi = max(first, seg.base), min(last, seg.last_seq)
-                if hi >= lo:
-                    seg.done += hi - lo + 1
+            if seg.pending and seg.base <= last and seg.last_seq >= first:
+                for seq in range(max(first, seg.base), min(last, seg.last_seq) + 1):
+                    seg.pending.discard(seq)
 
     def _collect(self) -> None:
         """Delete finished segments, oldest first, never the active one."""
