@@ -107,7 +107,8 @@ async def sent_spans(session: aiohttp.ClientSession, p: PipelineProcess) -> floa
     return 0.0
 
 
-async def post_all(session: aiohttp.ClientSession, url: str, bodies: list[bytes], concurrency: int) -> int:
+async def post_all(session: aiohttp.ClientSession, url: str, bodies: list[bytes], concurrency: int,
+                   headers: dict[str, str] | None = None) -> int:
     """POST every body with `concurrency` senders, retrying 429/503; returns the retries."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for b in bodies:
@@ -117,16 +118,18 @@ async def post_all(session: aiohttp.ClientSession, url: str, bodies: list[bytes]
     async def sender() -> None:
         nonlocal retries
         while not queue.empty():
-            retries += await post_with_retry(session, url, queue.get_nowait())
+            retries += await post_with_retry(session, url, queue.get_nowait(), headers)
 
     await asyncio.gather(*(sender() for _ in range(concurrency)))
     return retries
 
 
-async def post_with_retry(session: aiohttp.ClientSession, url: str, body: bytes) -> int:
+async def post_with_retry(session: aiohttp.ClientSession, url: str, body: bytes,
+                          headers: dict[str, str] | None = None) -> int:
     retries = 0
+    sent_headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
     while True:
-        async with session.post(url, data=body, headers={"Content-Type": "application/x-protobuf"}) as r:
+        async with session.post(url, data=body, headers=sent_headers) as r:
             await r.read()
             if r.status == 200:
                 return retries
@@ -137,13 +140,14 @@ async def post_with_retry(session: aiohttp.ClientSession, url: str, body: bytes)
             raise RuntimeError(f"unexpected status {r.status}")
 
 
-async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, concurrency: int = 4) -> dict:
+async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, concurrency: int = 4,
+                     headers: dict[str, str] | None = None) -> dict:
     url = f"{p.otlp_http}/v1/traces"
     async with aiohttp.ClientSession() as session:
         base = await sent_spans(session, p)
         cpu0 = cpu_seconds(p.proc.pid)
         t0 = time.perf_counter()
-        retries = await post_all(session, url, bodies, concurrency)
+        retries = await post_all(session, url, bodies, concurrency, headers)
         accepted = time.perf_counter() - t0
         while await sent_spans(session, p) - base < n_spans:
             await asyncio.sleep(0.05)
@@ -193,6 +197,57 @@ def wal_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
               f"per core = {sum(core_ratios[label]) / len(values):.2f}")
 
 
+BENCH_TOKEN = "tp_bench_" + "x" * 43  # a bench-only bearer token; the config holds its SHA-256
+
+
+def security_config(tmp: Path, variant: str) -> Path:
+    """The embedded default config: `plain` without redact, `redact` as shipped, `auth` with
+    redact and bearer-token auth (BENCH_TOKEN)."""
+    import hashlib
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipeline" / "default.yaml").read_text())
+    if variant == "plain":
+        cfg["processors"].pop("redact")
+        for pipe in cfg["service"]["pipelines"].values():
+            pipe["processors"] = [x for x in pipe["processors"] if x != "redact"]
+    if variant == "auth":
+        digest = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
+        cfg["auth"] = {"tokens": [{"sha256": digest, "id": "bench", "tenant": "bench", "scopes": ["ingest", "read"]}]}
+    path = tmp / f"security-{variant}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def security_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
+    """Default redaction and auth, each as a ratio to the chain without redaction, same round."""
+    variants = ["plain", "redact", "auth"]
+    wall: dict[str, list[float]] = {"redact": [], "auth": []}
+    core: dict[str, list[float]] = {"redact": [], "auth": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(rounds):
+            per_wall: dict[str, float] = {}
+            per_core: dict[str, float] = {}
+            for variant in variants[rnd % 3:] + variants[:rnd % 3]:  # rotate: no variant always runs first
+                p = start_pipeline(Path(tmp) / f"data-{variant}-{rnd}", "-c", str(security_config(Path(tmp), variant)))
+                headers = {"Authorization": f"Bearer {BENCH_TOKEN}"} if variant == "auth" else None
+                try:
+                    r = asyncio.run(throughput(p, bodies, n_spans, headers=headers))
+                finally:
+                    p.stop()
+                per_wall[variant], per_core[variant] = r["per_wall"], r["per_core"]
+                print(f"secure round {rnd + 1} {variant:<7} {r['per_wall']:>10,.0f} spans/s wall "
+                      f"{r['per_core']:>10,.0f} spans/s per core, {r['retries']} retried requests")
+            for variant in wall:
+                wall[variant].append(per_wall[variant] / per_wall["plain"])
+                core[variant].append(per_core[variant] / per_core["plain"])
+    labels = {"redact": "default redaction", "auth": "default redaction + auth"}
+    for variant, values in core.items():
+        print(f"ratio  {labels[variant]:<25} / no redaction (per core) = {sum(values) / len(values):.2f}  "
+              f"(rounds: {', '.join(f'{v:.2f}' for v in values)}); wall = {sum(wall[variant]) / len(values):.2f}")
+
+
 async def latency(p: PipelineProcess, samples: int, background_rps: float) -> list[float]:
     """Receive-to-queryable: POST one trace, poll the API until it answers 200."""
     url = f"{p.otlp_http}/v1/traces"
@@ -238,6 +293,8 @@ def main() -> None:
     ap.add_argument("--background-rps", type=float, default=10.0, help="background requests/s during latency")
     ap.add_argument("--wal-rounds", type=int, default=2, help="rounds of memory / batch / always runs")
     ap.add_argument("--wal-only", action="store_true", help="only the write-ahead log cost")
+    ap.add_argument("--security-rounds", type=int, default=2, help="rounds of plain / redact / redact+auth runs")
+    ap.add_argument("--security-only", action="store_true", help="only the cost of default redaction and auth")
     args = ap.parse_args()
 
     n_requests = max(1, args.spans // (TRACES_PER_REQUEST * 3))
@@ -249,6 +306,9 @@ def main() -> None:
 
     if args.wal_only:
         wal_cost(bodies, n_spans, args.wal_rounds)
+        return
+    if args.security_only:
+        security_cost(bodies, n_spans, args.security_rounds)
         return
     floors = floor_figures(bodies, n_spans)
     for name, value in floors.items():
@@ -270,6 +330,7 @@ def main() -> None:
     print(f"ratio  path per core / decode floor = {r['per_core'] / floors['OTLP -> Span decode']:.2f}, "
           f"path per core / chDB insert floor = {r['per_core'] / floors['chDB insert_arrow']:.2f}")
     wal_cost(bodies, n_spans, args.wal_rounds)
+    security_cost(bodies, n_spans, args.security_rounds)
 
 
 if __name__ == "__main__":
