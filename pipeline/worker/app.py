@@ -26,6 +26,9 @@ def create_app(runtime: WorkerRuntime, partitions: int) -> Any:
     import faust
 
     from pipeline.transport.kafka_common import faust_broker_settings
+    from pipeline.worker.faust_compat import check_compatible
+
+    check_compatible()  # fail at start, not silently mid-stream, on a Faust that changed its internals
 
     cfg = runtime.config
     k = cfg.transport.kafka
@@ -41,6 +44,13 @@ def create_app(runtime: WorkerRuntime, partitions: int) -> Any:
         "producer_compression_type": None if k.compression == "none" else k.compression,
         "broker_client_id": f"{k.client_id}-worker",
         "table_standby_replicas": 0,
+        # Group membership (public Faust settings, passed through to aiokafka's consumer): a static
+        # member (group_instance_id) that restarts within session_timeout takes its partitions
+        # back without a rebalance; a dead dynamic one is dropped after session_timeout.
+        "broker_session_timeout": k.session_timeout,
+        "broker_heartbeat_interval": k.heartbeat_interval,
+        "broker_rebalance_timeout": k.rebalance_timeout,
+        "consumer_group_instance_id": k.group_instance_id,
     }
     settings.update(k.worker_options)
     return faust.App(k.group_id, **settings)
