@@ -96,6 +96,7 @@ class WorkerRuntime:
         self._holes: dict[Any, tuple[tuple[int, int], float]] = {}  # partition -> (missing offsets, last re-read)
         self._last_batch = time.monotonic()
         self._started_at = time.monotonic()
+        self._committed: dict[Any, int] = {}  # partition -> offset this worker last committed
         # This process's own copy of the cuts it recorded: a rebalance makes Faust recover the
         # table from its changelog, and a recovered value was seen to lack the latest range.
         self._local_cuts: dict[str, list[Range]] = {}
@@ -176,8 +177,9 @@ class WorkerRuntime:
                 log.error("shutdown: the batch in flight did not complete in time; it will be redelivered")
             else:
                 try:
-                    with contextlib.suppress(Exception), self._table_context():
-                        await asyncio.wait_for(self.chain.flush(), left() / 2)
+                    if not self._holders():  # held spans are protected by uncommitted offsets: leave them held
+                        with contextlib.suppress(Exception), self._table_context():
+                            await asyncio.wait_for(self.chain.flush(), left() / 2)
                 finally:
                     self._lock.release()
         t_batch = time.monotonic() - t0
@@ -241,6 +243,9 @@ class WorkerRuntime:
             assigned = self.app.consumer.assignment()
         except Exception:
             return False, "consumer not running"
+        for tp in [tp for tp in self._next if tp not in assigned]:
+            self._next.pop(tp, None)  # found again from the committed offset if it comes back
+            self._committed.pop(tp, None)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
         return True, f"group {self.kcfg.group_id}, partitions {mine}"
 
@@ -272,6 +277,9 @@ class WorkerRuntime:
                     try:
                         with self._table_context():
                             await self.chain.tick()
+                        if self._holders():  # spans released: their batches' offsets may be committed now
+                            for tp in list(self._next):
+                                await self._commit_position(tp)
                     except Exception:
                         log.exception("chain tick failed")
 
@@ -286,6 +294,9 @@ class WorkerRuntime:
 
     async def _on_assigned(self, app: Any, assigned: Any = (), **kwargs: Any) -> None:
         """Faust's public on_partitions_assigned signal: log each assignment and how long after the start."""
+        for tp in [tp for tp in self._next if tp not in assigned]:
+            self._next.pop(tp, None)  # found again from the committed offset if it comes back
+            self._committed.pop(tp, None)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
         log.info("group %s generation %s: assigned partitions %s of %s, %.1fs after the worker started",
                  self.kcfg.group_id, self.app.consumer_generation_id, mine, self.kcfg.topic,
@@ -329,7 +340,10 @@ class WorkerRuntime:
         """The next offset of `tp` this worker must process in this group generation: after
         its last batch, or the group's committed offset for a partition new to it."""
         known = self._next.get(tp)
-        if known is not None and known[0] == generation:
+        if known is not None and (known[0] == generation or self._held_floor(tp) is not None):
+            # Same generation, or spans of this partition are still held here (so the group's committed
+            # offset is behind on purpose): what lies between was processed by this worker already.
+            self._next[tp] = (generation, known[1])
             return known[1]
         try:  # nothing committed yet: the group starts at the earliest offset
             committed = await faust_compat.committed_offset(self.app.consumer, tp)
@@ -400,6 +414,41 @@ class WorkerRuntime:
         for plan in plans:
             await self._run_batch(tp, key, run[plan.start:plan.stop], plan, recorded, generation)
 
+    def _holders(self) -> list[Any]:
+        """Processors that hold spans across batches and say from which batches (`held_batches()`)."""
+        if self.chain is None:
+            return []
+        procs = [p for pipe in self.chain.pipelines for p in pipe.processors]
+        return [p for p in procs if callable(getattr(p, "held_batches", None))]
+
+    def _held_floor(self, tp: Any) -> int | None:
+        """The first offset of the oldest batch of `tp` whose spans a processor still holds, if any."""
+        prefix = f"{tp.topic}/{tp.partition}/"
+        floor: int | None = None
+        for proc in self._holders():
+            for bid in proc.held_batches():
+                if not bid.startswith(prefix):
+                    continue
+                first = bid[len(prefix):].split("-", 1)[0]
+                if first.isdigit():
+                    floor = int(first) if floor is None else min(floor, int(first))
+        return floor
+
+    async def _commit_position(self, tp: Any) -> None:
+        """Commit `tp` up to its next offset, but not past a batch whose spans are still held (tail
+        sampling): a crash then re-reads them and the processor decides them again."""
+        known = self._next.get(tp)
+        if known is None:
+            return
+        offset = known[1]
+        floor = self._held_floor(tp)
+        if floor is not None and floor < offset:
+            offset = floor
+        if self._committed.get(tp) == offset:
+            return
+        await self._commit(tp, offset)
+        self._committed[tp] = offset
+
     async def _commit(self, tp: Any, offset: int) -> None:
         """Commit `offset` (the next to read) of `tp` now. Faust's own commits never cover the span
         topic: its messages are released (marked acked) without entering its commit bookkeeping."""
@@ -469,7 +518,7 @@ class WorkerRuntime:
             logging.shutdown()
             os._exit(137)
         self._next[tp] = (generation, last + 1)
-        await self._commit(tp, last + 1)
+        await self._commit_position(tp)
         _release(evs)
         self._update_lag(tp)
 
