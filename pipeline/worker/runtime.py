@@ -136,6 +136,9 @@ class WorkerRuntime:
             await self.chain.start()
             self.queries = await open_queries(cfg, self.chain)
             await self._start_servers()
+            log.info("joining consumer group %s as %s, %.1fs after the worker started", k.group_id,
+                     f"static member {k.group_instance_id!r}" if k.group_instance_id else "a dynamic member",
+                     time.monotonic() - self._started_at)
             await self.app.start()
             self.state.mark_started()
             self._broker_ok = None
