@@ -218,6 +218,36 @@ class KafkaTransportConfig(ComponentConfig):
     worker_options: dict[str, Any] = Field(
         default_factory=dict, description="Extra Faust app settings for the worker (e.g. broker_session_timeout)."
     )
+    group_instance_id: str | None = Field(
+        None,
+        description="Static group membership id of this worker (unique per worker, stable across its restarts, "
+        "e.g. the pod name); empty or null: dynamic membership.",
+    )
+    session_timeout: float = Field(
+        10.0, gt=0, description="Seconds without heartbeats before the group drops a worker and rebalances."
+    )
+    heartbeat_interval: float = Field(3.0, gt=0, description="Seconds between a worker's group heartbeats.")
+    rebalance_timeout: float = Field(
+        10.0, gt=0, description="Seconds the group waits for every worker to rejoin during a rebalance."
+    )
+    stop_timeout: float = Field(
+        8.0, gt=0,
+        description="Seconds a worker takes at most to stop on SIGTERM (batch in flight, flush, leaving the "
+        "group); what is not committed by then is redelivered.",
+    )
+
+    @field_validator("group_instance_id")
+    @classmethod
+    def _empty_instance_id_is_dynamic(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+    @field_validator("heartbeat_interval")
+    @classmethod
+    def _heartbeat_below_session(cls, v: float, info: Any) -> float:
+        session = info.data.get("session_timeout")
+        if session is not None and v >= session:
+            raise ValueError(f"must be below session_timeout ({session}s); a third of it is usual")
+        return v
     extra: dict[str, Any] = Field(default_factory=dict, description="Deprecated alias of producer_options.")
 
 

@@ -87,3 +87,45 @@ def test_kafka_security_reaches_the_producer_and_the_faust_worker() -> None:
     tls = faust_broker_settings(KafkaTransportConfig(security=KafkaSecurityConfig(protocol="SSL")))
     assert isinstance(tls["broker_credentials"], faust.SSLCredentials)
     assert "broker_credentials" not in faust_broker_settings(KafkaTransportConfig())
+
+
+def test_shipped_config_reads_the_group_instance_id_from_the_environment() -> None:
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    shipped = Path(__file__).resolve().parents[1] / "config" / "distributed.yaml"
+    k = load_config(shipped, env={"TRACEPIPE_GROUP_INSTANCE_ID": "worker-3"}).transport.kafka
+    assert k.group_instance_id == "worker-3"
+    assert (k.session_timeout, k.heartbeat_interval, k.rebalance_timeout, k.stop_timeout) == (10.0, 3.0, 10.0, 8.0)
+    assert load_config(shipped, env={}).transport.kafka.group_instance_id is None  # empty: dynamic membership
+
+
+def test_group_settings_reach_faust_and_a_heartbeat_beyond_the_session_is_refused() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from pipeline.config import KafkaTransportConfig
+
+    with pytest.raises(ValidationError, match="heartbeat_interval"):
+        KafkaTransportConfig(session_timeout=6.0, heartbeat_interval=6.0)
+    assert KafkaTransportConfig(group_instance_id="  ").group_instance_id is None
+
+
+def test_faust_app_gets_static_membership_and_group_timeouts(tmp_path) -> None:
+    from pipeline.config import build_config
+    from pipeline.worker.app import create_app
+
+    raw = {"transport": {"type": "kafka", "kafka": {"group_instance_id": "w-1", "session_timeout": 12.0,
+                                                     "heartbeat_interval": 4.0, "rebalance_timeout": 9.0}},
+           "sinks": {"prometheus": {}}, "service": {"data_dir": str(tmp_path),
+                                                    "pipelines": {"traces": {"sinks": ["prometheus"]}}}}
+    cfg = build_config(raw, source="test", env={})
+
+    class Runtime:
+        config = cfg
+
+    conf = create_app(Runtime(), 4).conf  # type: ignore[arg-type]
+    assert conf.consumer_group_instance_id == "w-1"
+    assert (conf.broker_session_timeout, conf.broker_heartbeat_interval, conf.broker_rebalance_timeout) == (
+        12.0, 4.0, 9.0)

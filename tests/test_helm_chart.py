@@ -233,10 +233,30 @@ def test_rendered_config_is_valid_for_tracepipe(chart, option_set: str, pod_file
     assert cfg.service.metrics.endpoint == "0.0.0.0:9464"
     otlp = cfg.receivers["otlp"].config
     assert (otlp.grpc.endpoint, otlp.http.endpoint) == ("0.0.0.0:4317", "0.0.0.0:4318")
-    # Every ${VAR} the config uses is set in every tracepipe container.
-    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", json.dumps(raw)))
+    # Every ${VAR} the config uses without a default is set in every tracepipe container.
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", json.dumps(raw)))
     for c in containers(docs):
         assert used <= {e["name"] for e in c["env"]}, (c["name"], used)
+
+
+def test_workers_are_static_members_named_after_their_pod(chart, pod_files) -> None:
+    def instance_env(values: dict[str, Any]) -> dict[str, list[Any]]:
+        return {c["name"]: [e for e in c["env"] if e["name"] == "TRACEPIPE_GROUP_INSTANCE_ID"]
+                for c in containers(render(chart, values))}
+
+    on = instance_env({})
+    assert on["worker"] == [{"name": "TRACEPIPE_GROUP_INSTANCE_ID",
+                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    assert on["receiver"] == []
+    assert instance_env({"worker": {"staticMembership": False}})["worker"] == []
+    cfg = build_config(localize(rendered_config(render(chart, {})), pod_files), source="chart",
+                       env={**POD_ENV, "TRACEPIPE_GROUP_INSTANCE_ID": "tracepipe-worker-7d9f-abcde"})
+    k = cfg.transport.kafka
+    assert k.group_instance_id == "tracepipe-worker-7d9f-abcde"
+    assert k.stop_timeout < 60  # below the worker's terminationGracePeriodSeconds
+    assert build_config(localize(rendered_config(render(chart, {})), pod_files), source="chart",
+                        env=POD_ENV).transport.kafka \
+        .group_instance_id is None  # the receiver: no id, dynamic (it does not consume anyway)
 
 
 def test_bad_component_config_in_values_fails_tracepipe_validation(chart, pod_files) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -75,6 +76,12 @@ def worker(config_path: str | None, data_dir: str | None, api: str | None, metri
     setup_logging(log_level or cfg.service.log.level, log_format or cfg.service.log.format)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(cfg, "worker"))
+    # Stopped in order (batch committed or left for redelivery, sinks closed): exit now rather than
+    # wait seconds for library threads (Faust's consumer thread, chDB) to wind down at interpreter exit.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 async def _serve(cfg: Config, role: str) -> None:
@@ -92,8 +99,22 @@ async def _serve(cfg: Config, role: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGTERM is honoured while starting too (connecting, joining the group): the start is cancelled
+    # and what it opened is closed.
+    starting = asyncio.ensure_future(runtime.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("shutting down while starting")
+        starting.cancel()
+        with contextlib.suppress(BaseException):
+            await starting
+        await runtime.stop()
+        log.info("stopped")
+        return
+    stopping.cancel()
     try:
-        ep = await runtime.start()
+        ep = starting.result()
     except Exception as e:
         log.error("tracepipe %s failed to start: %s", role, e)
         raise SystemExit(1) from None

@@ -1,13 +1,13 @@
 """The Faust app of the worker and its agent.
 
-The agent consumes the span topic with `stream.take_events(max_batch_messages,
-within=service.batch.timeout)`. Faust acks the events of a take() after the agent's loop
-body returned (and, in a `finally`, even when it raised or was cancelled), and commits
-acked offsets by itself — past a message its consumer skipped, as measured around
-rebalances. So the worker keeps span offsets out of Faust's hands: the agent takes its own
-reference on each message (`message.incref()`) so that take()'s ack never releases one,
-and the runtime commits each batch's offsets itself once every sink acknowledged it, then
-marks the messages done without acking them (`pipeline.worker.runtime`).
+The agent consumes the span topic with Faust's documented manual-ack batching,
+`stream.noack_take(max_batch_messages, within=service.batch.timeout)`: it yields events
+that Faust never acks on its own. The runtime commits each batch's offsets itself once
+every sink acknowledged it, then marks the messages done without acking them into Faust's
+commit bookkeeping, which around rebalances was measured committing past a message its
+consumer skipped (`pipeline.worker.runtime`, `pipeline.worker.faust_compat`). The group
+settings (static membership, session, heartbeat and rebalance timeouts) go through Faust's
+public `consumer_group_instance_id` and `broker_*` settings.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ def create_app(runtime: WorkerRuntime, partitions: int) -> Any:
     import faust
 
     from pipeline.transport.kafka_common import faust_broker_settings
+    from pipeline.worker.faust_compat import check_compatible
+
+    check_compatible()  # fail at start, not silently mid-stream, on a Faust that changed its internals
 
     cfg = runtime.config
     k = cfg.transport.kafka
@@ -41,6 +44,13 @@ def create_app(runtime: WorkerRuntime, partitions: int) -> Any:
         "producer_compression_type": None if k.compression == "none" else k.compression,
         "broker_client_id": f"{k.client_id}-worker",
         "table_standby_replicas": 0,
+        # Group membership (public Faust settings, passed through to aiokafka's consumer): a static
+        # member (group_instance_id) that restarts within session_timeout takes its partitions
+        # back without a rebalance; a dead dynamic one is dropped after session_timeout.
+        "broker_session_timeout": k.session_timeout,
+        "broker_heartbeat_interval": k.heartbeat_interval,
+        "broker_rebalance_timeout": k.rebalance_timeout,
+        "consumer_group_instance_id": k.group_instance_id,
     }
     settings.update(k.worker_options)
     return faust.App(k.group_id, **settings)
@@ -53,9 +63,7 @@ def add_span_agent(app: Any, runtime: WorkerRuntime) -> Any:
     within = max(runtime.config.service.batch.timeout, 0.01)
 
     async def consume_spans(stream: Any) -> None:
-        async for events in stream.take_events(max_messages, within=within):
-            for event in events:
-                event.message.incref()
+        async for events in stream.noack_take(max_messages, within=within):
             await runtime.handle_events(events)
 
     return app.agent(topic, name="tracepipe-spans")(consume_spans)

@@ -63,6 +63,13 @@ class KafkaEventPublisher:
         await (await self._producer.send(topic, value, key=key))
         self.telemetry.kafka_events_published.labels(topic).inc()
 
+    async def broker_reachable(self) -> bool:
+        """Whether a metadata request through this producer names at least one broker."""
+        if self._producer is None:
+            return False
+        md = await self._producer.client.fetch_all_metadata()
+        return bool(md.brokers())
+
     async def drain(self) -> None:
         """Wait for every event emitted so far to be acknowledged (raises if one failed)."""
         while self._pending:

@@ -54,24 +54,19 @@ from pipeline.otlp.validate import sanitize
 from pipeline.spans import Span, SpanBatch
 from pipeline.telemetry import Telemetry
 from pipeline.transport.kafka_common import ensure_topics
+from pipeline.worker import faust_compat
 from pipeline.worker.app import add_span_agent, create_app
 from pipeline.worker.cuts import PlannedBatch, Range, contiguous_run, plan_batches
 from pipeline.worker.events import KafkaEventPublisher
-from pipeline.worker.state import FaustStateStore, current_partition
+from pipeline.worker.faust_compat import current_event as current_partition
+from pipeline.worker.faust_compat import release_uncommitted as _release
+from pipeline.worker.state import FaustStateStore
 
 log = logging.getLogger("tracepipe.worker")
 
 CUTS_TABLE = "tracepipe-batch-cuts"
 MAX_RECORDED = 200  # most recent recorded batch ranges kept per partition
 REREAD_INTERVAL = 1.0  # seconds between re-reads of the same missing offsets
-
-
-def _release(events: list[Any]) -> None:
-    """Mark messages done for Faust without acking them into its commit bookkeeping: the
-    worker commits span offsets itself (`WorkerRuntime._commit`), and a rebalance waits
-    only for messages not marked."""
-    for ev in events:
-        ev.message.acked = True
 
 
 class WorkerRuntime:
@@ -101,6 +96,8 @@ class WorkerRuntime:
         self._next: dict[Any, tuple[int, int]] = {}  # partition -> (group generation, next offset to process)
         self._holes: dict[Any, tuple[tuple[int, int], float]] = {}  # partition -> (missing offsets, last re-read)
         self._last_batch = time.monotonic()
+        self._started_at = time.monotonic()
+        self._committed: dict[Any, int] = {}  # partition -> offset this worker last committed
         # This process's own copy of the cuts it recorded: a rebalance makes Faust recover the
         # table from its changelog, and a recovered value was seen to lack the latest range.
         self._local_cuts: dict[str, list[Range]] = {}
@@ -136,9 +133,13 @@ class WorkerRuntime:
             self.cuts = self.app.Table(CUTS_TABLE, partitions=n_partitions, key_type=str, value_type=None)
             self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, extras=self.extras)
             add_span_agent(self.app, self)
+            self.app.on_partitions_assigned.connect(self._on_assigned)
             await self.chain.start()
             self.queries = await open_queries(cfg, self.chain)
             await self._start_servers()
+            log.info("joining consumer group %s as %s, %.1fs after the worker started", k.group_id,
+                     f"static member {k.group_instance_id!r}" if k.group_instance_id else "a dynamic member",
+                     time.monotonic() - self._started_at)
             await self.app.start()
             self.state.mark_started()
             self._broker_ok = None
@@ -154,10 +155,18 @@ class WorkerRuntime:
         return self.endpoints
 
     async def stop(self) -> None:
-        """Stop consuming (in-flight batches not acked are redelivered), flush and close."""
+        """Stop within `transport.kafka.stop_timeout`: finish the batch in flight, let the processors
+        flush, stop consuming and leave the group. Whatever is not committed by then is redelivered
+        to the partition's next owner (cut the same way, so the sinks drop what they had)."""
         if self._stopping:
             return
         self._stopping = True
+        t0 = time.monotonic()
+        deadline = t0 + self.kcfg.stop_timeout
+
+        def left(floor: float = 0.5) -> float:
+            return max(floor, deadline - time.monotonic())
+
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -165,36 +174,49 @@ class WorkerRuntime:
                 await t
         if self.chain is not None and self._ready.is_set():
             # Processors release what they hold while the Faust app (tables, producer) still runs,
-            # after the batch in flight (if any) completed, within service.shutdown_timeout.
+            # after the batch in flight (if any) completed.
             try:
-                await asyncio.wait_for(self._lock.acquire(), self.config.service.shutdown_timeout)
+                await asyncio.wait_for(self._lock.acquire(), left() * 0.4)
             except TimeoutError:
-                log.error("shutdown: the batch in flight did not complete in %.0fs; it will be redelivered",
-                          self.config.service.shutdown_timeout)
+                log.error("shutdown: the batch in flight did not complete in time; it will be redelivered")
             else:
                 try:
-                    with contextlib.suppress(Exception), self._table_context():
-                        await self.chain.flush()
+                    if not self._holders():  # held spans are protected by uncommitted offsets: leave them held
+                        with contextlib.suppress(Exception), self._table_context():
+                            await asyncio.wait_for(self.chain.flush(), left() / 2)
                 finally:
                     self._lock.release()
+        t_batch = time.monotonic() - t0
         self._let_go_of_held("shutdown")
         if self.app is not None:
+            # Table changelog writes reach Kafka before the consumer leaves; then Faust stops (a static
+            # member does not leave the group: its restart within session_timeout takes its partitions back).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.app.stop(), 30)
+                await asyncio.wait_for(self.app.producer.flush(), left() / 2)
+            try:
+                await asyncio.wait_for(self.app.stop(), left(2.0))
+            except TimeoutError:
+                log.warning("shutdown: the Faust app did not stop within transport.kafka.stop_timeout; exiting "
+                            "without it (uncommitted batches are redelivered)")
+            except Exception:
+                log.exception("shutdown: the Faust app failed to stop cleanly")
+        t_app = time.monotonic() - t0 - t_batch
         if self.chain is not None:
             await self.chain.close()
         if self.alerts is not None:
             with contextlib.suppress(Exception):
-                await self.alerts.close()
+                await asyncio.wait_for(self.alerts.close(), left(1.0))
         if self.events is not None:
             with contextlib.suppress(Exception):
-                await self.events.close()
+                await asyncio.wait_for(self.events.close(), left(1.0))
         from pipeline.runtime_support import close_extras_and_queries
 
         await close_extras_and_queries(self.extras, self.queries)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.stop()
+        log.info("worker stopped in %.1fs (batch in flight and flush %.1fs, consumer %.1fs)",
+                 time.monotonic() - t0, t_batch, t_app)
 
     async def _start_servers(self) -> None:
         svc = self.config.service
@@ -226,6 +248,9 @@ class WorkerRuntime:
             assigned = self.app.consumer.assignment()
         except Exception:
             return False, "consumer not running"
+        for tp in [tp for tp in self._next if tp not in assigned]:
+            self._next.pop(tp, None)  # found again from the committed offset if it comes back
+            self._committed.pop(tp, None)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
         return True, f"group {self.kcfg.group_id}, partitions {mine}"
 
@@ -234,8 +259,8 @@ class WorkerRuntime:
         while True:
             await asyncio.sleep(2.0)
             try:
-                md = await asyncio.wait_for(self.events._producer.client.fetch_all_metadata(), 5)
-                self._broker_ok = None if md.brokers() else "no brokers in metadata"
+                has_brokers = await asyncio.wait_for(self.events.broker_reachable(), 5)
+                self._broker_ok = None if has_brokers else "no brokers in metadata"
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -257,17 +282,30 @@ class WorkerRuntime:
                     try:
                         with self._table_context():
                             await self.chain.tick()
+                        if self._holders():  # spans released: their batches' offsets may be committed now
+                            for tp in list(self._next):
+                                await self._commit_position(tp)
                     except Exception:
                         log.exception("chain tick failed")
 
     async def _release_held_on_rebalance(self) -> None:
         """Let held messages go when the consumer's flow stops (a rebalance began); see the module doc."""
-        consumer = self.app.consumer
+        suspended, resumed = faust_compat.flow_events(self.app.consumer)
         while True:
-            await consumer.suspend_flow.wait()
+            await suspended.wait()
             async with self._lock:  # after the batch in flight, which the rebalance waits for anyway
                 self._let_go_of_held("rebalance")
-            await consumer.can_resume_flow.wait()
+            await resumed.wait()
+
+    async def _on_assigned(self, app: Any, assigned: Any = (), **kwargs: Any) -> None:
+        """Faust's public on_partitions_assigned signal: log each assignment and how long after the start."""
+        for tp in [tp for tp in self._next if tp not in assigned]:
+            self._next.pop(tp, None)  # found again from the committed offset if it comes back
+            self._committed.pop(tp, None)
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
+        log.info("group %s generation %s: assigned partitions %s of %s, %.1fs after the worker started",
+                 self.kcfg.group_id, self.app.consumer_generation_id, mine, self.kcfg.topic,
+                 time.monotonic() - self._started_at)
 
     def _let_go_of_held(self, reason: str) -> None:
         """Release every held message uncommitted: the partition's next owner reads it again."""
@@ -291,6 +329,9 @@ class WorkerRuntime:
     async def handle_events(self, events: Sequence[Any]) -> None:
         """Called by the agent with the events of one take(); see the module doc."""
         await self._ready.wait()
+        if self._stopping:  # shutting down: the partition's next owner reads these from the committed offset
+            _release(events)
+            return
         by_tp: dict[Any, list[Any]] = {}
         for ev in events:
             by_tp.setdefault(ev.message.tp, []).append(ev)
@@ -304,15 +345,13 @@ class WorkerRuntime:
         """The next offset of `tp` this worker must process in this group generation: after
         its last batch, or the group's committed offset for a partition new to it."""
         known = self._next.get(tp)
-        if known is not None and known[0] == generation:
+        if known is not None and (known[0] == generation or self._held_floor(tp) is not None):
+            # Same generation, or spans of this partition are still held here (so the group's committed
+            # offset is behind on purpose): what lies between was processed by this worker already.
+            self._next[tp] = (generation, known[1])
             return known[1]
-        thread = self.app.consumer._thread
-        consumer = thread._ensure_consumer()
-        try:
-            committed = await asyncio.wait_for(thread.call_thread(consumer.committed, tp), 10)
-            if committed is None:  # nothing committed yet: the group starts at the earliest offset
-                begin = await asyncio.wait_for(thread.call_thread(consumer.beginning_offsets, [tp]), 10)
-                committed = begin.get(tp)
+        try:  # nothing committed yet: the group starts at the earliest offset
+            committed = await faust_compat.committed_offset(self.app.consumer, tp)
         except Exception as e:
             log.warning("start offset of %s unknown (%s); starting at the first delivered, %d", tp,
                         type(e).__name__, first_seen)
@@ -380,11 +419,46 @@ class WorkerRuntime:
         for plan in plans:
             await self._run_batch(tp, key, run[plan.start:plan.stop], plan, recorded, generation)
 
+    def _holders(self) -> list[Any]:
+        """Processors that hold spans across batches and say from which batches (`held_batches()`)."""
+        if self.chain is None:
+            return []
+        procs = [p for pipe in self.chain.pipelines for p in pipe.processors]
+        return [p for p in procs if callable(getattr(p, "held_batches", None))]
+
+    def _held_floor(self, tp: Any) -> int | None:
+        """The first offset of the oldest batch of `tp` whose spans a processor still holds, if any."""
+        prefix = f"{tp.topic}/{tp.partition}/"
+        floor: int | None = None
+        for proc in self._holders():
+            for bid in proc.held_batches():
+                if not bid.startswith(prefix):
+                    continue
+                first = bid[len(prefix):].split("-", 1)[0]
+                if first.isdigit():
+                    floor = int(first) if floor is None else min(floor, int(first))
+        return floor
+
+    async def _commit_position(self, tp: Any) -> None:
+        """Commit `tp` up to its next offset, but not past a batch whose spans are still held (tail
+        sampling): a crash then re-reads them and the processor decides them again."""
+        known = self._next.get(tp)
+        if known is None:
+            return
+        offset = known[1]
+        floor = self._held_floor(tp)
+        if floor is not None and floor < offset:
+            offset = floor
+        if self._committed.get(tp) == offset:
+            return
+        await self._commit(tp, offset)
+        self._committed[tp] = offset
+
     async def _commit(self, tp: Any, offset: int) -> None:
         """Commit `offset` (the next to read) of `tp` now. Faust's own commits never cover the span
         topic: its messages are released (marked acked) without entering its commit bookkeeping."""
         try:
-            ok = await self.app.consumer._commit_offsets({tp: offset})
+            ok = await faust_compat.commit_offsets(self.app.consumer, {tp: offset})
         except Exception:
             ok = False
             log.warning("commit of %s at %d failed; a redelivery re-cuts the batch", tp, offset, exc_info=True)
@@ -449,7 +523,7 @@ class WorkerRuntime:
             logging.shutdown()
             os._exit(137)
         self._next[tp] = (generation, last + 1)
-        await self._commit(tp, last + 1)
+        await self._commit_position(tp)
         _release(evs)
         self._update_lag(tp)
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
 log = logging.getLogger("tracepipe.worker.state")
@@ -49,13 +48,8 @@ class FaustStateStore:
         return dict(self._tables)
 
 
-@contextlib.contextmanager
-def current_partition(event: Any) -> Iterator[None]:
+def current_partition(event: Any) -> contextlib.AbstractContextManager[None]:
     """Make `event` Faust's current event, so table writes go to its partition."""
-    from faust.streams import _current_event
+    from pipeline.worker.faust_compat import current_event
 
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
+    return current_event(event)
