@@ -29,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Callable
 
 from aiohttp import ClientPayloadError, web
 from google.protobuf import duration_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from pipeline.auth.guard import ListenerAuth
@@ -176,7 +177,12 @@ class OtlpHttpReceiver:
             headers["Retry-After"] = str(retry_after)
         return _reply(status, body, as_json, headers)
 
-    async def _traces(self, request: web.Request) -> web.Response:
+    async def read_request(
+        self, request: web.Request, parse_pb: Callable[[bytes], Message], parse_json: Callable[[bytes], Message]
+    ) -> tuple[Message, bytes, bool] | web.Response:
+        """The decoded export request of any signal (message, body bytes, whether JSON), or the
+        error answer: 415 for another Content-Type or Content-Encoding, 413 past the body limit
+        (compressed or inflated), 400 for a corrupt, incomplete or malformed body."""
         ctype = request.content_type
         if ctype == PROTOBUF:
             as_json = False
@@ -205,20 +211,32 @@ class OtlpHttpReceiver:
             return self._error(400, "incomplete request body", as_json)
         try:
             if not as_json:
-                req = decode_protobuf(body)  # upb: ~1.4 M spans/s, fine on the loop
+                message = parse_pb(body)  # upb: ~1.4 M spans/s, fine on the loop
             elif len(body) > _JSON_INLINE_BYTES:  # large JSON takes a while: keep the loop responsive
-                req = await asyncio.to_thread(parse_json_request, body)
+                message = await asyncio.to_thread(parse_json, body)
             else:
-                req = parse_json_request(body)
+                message = parse_json(body)
         except OtlpDecodeError as e:
             return self._error(400, e.message, as_json)
-        result = await self.handler.export(req, request.get(PRINCIPAL_KEY, ANONYMOUS), None if as_json else body,
-                                           len(body))
-        if result.outcome is Outcome.ACCEPTED:
-            self._count("partial" if result.partial else "ok")
-            return _reply(200, result.response, as_json)
-        status = _HTTP_STATUS[result.outcome]
-        return self._error(status, result.message, as_json, retry=result.outcome is not Outcome.TOO_LARGE)
+        except (DecodeError, UnicodeDecodeError) as e:
+            return self._error(400, f"malformed OTLP protobuf: {e}", as_json)
+        return message, body, as_json
+
+    def answer(self, outcome: Outcome, partial: bool, response: Message, message: str, as_json: bool) -> web.Response:
+        """The HTTP answer to an export's outcome (any signal)."""
+        if outcome is Outcome.ACCEPTED:
+            self._count("partial" if partial else "ok")
+            return _reply(200, response, as_json)
+        return self._error(_HTTP_STATUS[outcome], message, as_json, retry=outcome is not Outcome.TOO_LARGE)
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        read = await self.read_request(request, decode_protobuf, parse_json_request)
+        if isinstance(read, web.Response):
+            return read
+        req, body, as_json = read
+        result = await self.handler.export(req, request.get(PRINCIPAL_KEY, ANONYMOUS),
+                                           None if as_json else body, len(body))
+        return self.answer(result.outcome, result.partial, result.response, result.message, as_json)
 
 
 def _reply(status: int, message: Message, as_json: bool, headers: dict[str, str] | None = None) -> web.Response:
