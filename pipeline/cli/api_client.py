@@ -79,3 +79,38 @@ def api_request(
 def api_get(cfg: Config, path: str, params: Mapping[str, Any] | None = None, api_url: str | None = None) -> Any:
     """The JSON body of a GET (see api_request)."""
     return api_request(cfg, "GET", path, params, api_url)[1]
+
+
+_LOCAL_STORE_ERRORS = ("StoreLockedError", "StoreMissingError")  # pipeline.query.store, not imported: it loads chDB
+
+
+def ask_or_open(ask: Callable[[], Any], open_locally: Callable[[], Any], api_url: str | None, *,
+                missing: Callable[[], Any] | None = None) -> Any:
+    """The CLI's one rule: ask the running pipeline (`ask`), and only when nothing answers at the
+    config's API open the data directory itself (`open_locally`). An explicit `--api-url` that does
+    not answer is an error; a 404 is `missing()` when given; refusals name the token options;
+    ValueError and store errors of the local path become one-line CLI errors."""
+    import click
+
+    try:
+        return ask()
+    except QueryFailed as e:
+        if e.status == 404 and missing is not None:
+            return missing()
+        if e.status in (401, 403):
+            hint = "" if current_token() else " (pass --token or set TRACEPIPE_TOKEN)"
+            raise click.ClickException(f"the API refused the request: {e.args[0]}{hint}") from None
+        raise click.ClickException(e.args[0]) from None
+    except ApiUnreachable:
+        if api_url is not None:
+            raise click.ClickException(f"nothing answers at {api_url}") from None
+    try:
+        return open_locally()
+    except click.ClickException:
+        raise
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    except Exception as e:
+        if type(e).__name__ in _LOCAL_STORE_ERRORS:
+            raise click.ClickException(str(e)) from None
+        raise

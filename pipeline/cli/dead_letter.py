@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from pipeline.cli.api_client import ApiUnreachable, QueryFailed, api_request
 from pipeline.cli.api_client import api_get as _api_get
+from pipeline.cli.api_client import api_request, ask_or_open
 from pipeline.cli.options import config_options, load_or_exit
 from pipeline.cli.query import api_option
 from pipeline.config import Config
@@ -54,25 +54,16 @@ def _ask(cfg: Config, api_url: str | None, method: str, path: str, params: dict[
          *args: Any, with_chain: bool = False, **kwargs: Any) -> Any:
     from pipeline.dead_letter.service import DeadLetterNotFound
 
-    try:
-        if method == "GET":
-            return _api_get(cfg, path, params, api_url)
-        return _api_post(cfg, path, api_url)
-    except QueryFailed as e:
-        raise click.ClickException(e.args[0]) from None
-    except ApiUnreachable:
-        if api_url is not None:
-            raise click.ClickException(f"nothing answers at {api_url}") from None
-    try:
-        return asyncio.run(_local(cfg, call, *args, with_chain=with_chain, **kwargs))
-    except DeadLetterNotFound as e:
-        raise click.ClickException(f"dead letter {e.args[0]} not found") from None
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:
-        if type(e).__name__ == "StoreLockedError":
-            raise click.ClickException(str(e)) from None
-        raise
+    def ask() -> Any:
+        return _api_get(cfg, path, params, api_url) if method == "GET" else _api_post(cfg, path, api_url)
+
+    def open_locally() -> Any:
+        try:
+            return asyncio.run(_local(cfg, call, *args, with_chain=with_chain, **kwargs))
+        except DeadLetterNotFound as e:
+            raise click.ClickException(f"dead letter {e.args[0]} not found") from None
+
+    return ask_or_open(ask, open_locally, api_url)
 
 
 def _when(ts: float | None) -> str:

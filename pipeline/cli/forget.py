@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from pipeline.cli.api_client import ApiUnreachable, QueryFailed, api_request
+from pipeline.cli.api_client import api_request, ask_or_open
 from pipeline.cli.options import config_options, load_or_exit
 from pipeline.cli.query import api_option
 from pipeline.config import Config
@@ -102,20 +102,10 @@ def forget(config_path: str | None, data_dir: str | None, api: str | None, api_u
         what = f"tenant {value}" if kind == "tenant" else f"{kind} {request.value}"
         click.confirm(f"Delete every stored row of {what}? This cannot be undone", abort=True)
     path = {"user": "/api/users/", "trace": "/api/traces/", "tenant": "/api/tenants/"}[kind]
-    try:
-        _status, body = _api(cfg, "DELETE", path + urllib.parse.quote(request.value, safe=""),
-                             {"tenant": request.tenant}, api_url)
-    except QueryFailed as e:
-        raise click.ClickException(e.args[0]) from None
-    except ApiUnreachable:
-        if api_url is not None:
-            raise click.ClickException(f"nothing answers at {api_url}") from None
-        try:
-            body = _local_forget(cfg, request)
-        except Exception as e:
-            if type(e).__name__ in ("StoreLockedError", "StoreMissingError"):
-                raise click.ClickException(str(e)) from None
-            raise
+    body = ask_or_open(
+        lambda: _api(cfg, "DELETE", path + urllib.parse.quote(request.value, safe=""), {"tenant": request.tenant},
+                     api_url)[1],
+        lambda: _local_forget(cfg, request), api_url)
     click.echo(json.dumps(body, indent=2) if as_json else render_forget(body))
     if body.get("errors"):
         sys.exit(1)
@@ -152,15 +142,11 @@ def audit(config_path: str | None, data_dir: str | None, api: str | None, api_ur
         raise click.BadParameter(str(e), param_hint="--since") from None
     cfg = load_or_exit(config_path, data_dir=data_dir, api=api)
     params = {"since": since, "token": token_id, "tenant": tenant, "limit": limit}
-    try:
-        entries = _api(cfg, "GET", "/api/audit", params, api_url)[1]["entries"]
-    except QueryFailed as e:
-        raise click.ClickException(e.args[0]) from None
-    except ApiUnreachable:
-        if api_url is not None:
-            raise click.ClickException(f"nothing answers at {api_url}") from None
-        log = AuditLog.from_config(cfg.service.audit, cfg.data_dir)
-        entries = log.query(since_s=since_ns / 1e9, token=token_id, tenant=tenant, limit=limit)
+    entries = ask_or_open(
+        lambda: _api(cfg, "GET", "/api/audit", params, api_url)[1]["entries"],
+        lambda: AuditLog.from_config(cfg.service.audit, cfg.data_dir).query(
+            since_s=since_ns / 1e9, token=token_id, tenant=tenant, limit=limit),
+        api_url)
     click.echo(json.dumps(entries, indent=2) if as_json else render_audit(entries))
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from pipeline.cli.api_client import ApiUnreachable, QueryFailed
 from pipeline.cli.api_client import api_get as _api_get
-from pipeline.cli.options import config_options, current_token, endpoint_options, load_or_exit, token_option
+from pipeline.cli.api_client import ask_or_open
+from pipeline.cli.options import config_options, endpoint_options, load_or_exit, token_option
 from pipeline.config import Config
 
 # The `by` values of GET /api/analytics/cost (pipeline.query.traces.COST_DIMENSIONS, not imported:
@@ -47,29 +47,9 @@ def _local(cfg: Config, call: str, *args: Any, **kwargs: Any) -> Any:
 
 def _fetch(cfg: Config, api_url: str | None, path: str, params: dict[str, Any], call: str,
            *args: Any, **kwargs: Any) -> Any:
-    try:
-        return _api_get(cfg, path, params, api_url)
-    except QueryFailed as e:
-        if e.status == 404:
-            return None
-        if e.status in (401, 403):
-            hint = "" if current_token() else " (pass --token or set TRACEPIPE_TOKEN)"
-            raise click.ClickException(f"the API refused the request: {e.args[0]}{hint}") from None
-        raise click.ClickException(e.args[0]) from None
-    except ApiUnreachable:
-        if api_url is not None:
-            raise click.ClickException(f"nothing answers at {api_url}") from None
-    try:
-        return _local(cfg, call, *args, **kwargs)
-    except click.ClickException:
-        raise
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:
-        name = type(e).__name__
-        if name == "StoreLockedError":
-            raise click.ClickException(str(e)) from None
-        raise
+    """The API's answer (None for 404), or the local store's when no pipeline answers."""
+    return ask_or_open(lambda: _api_get(cfg, path, params, api_url), lambda: _local(cfg, call, *args, **kwargs),
+                       api_url, missing=lambda: None)
 
 
 def api_option(fn):  # type: ignore[no-untyped-def]

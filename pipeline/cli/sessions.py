@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from pipeline.cli.api_client import ApiUnreachable, QueryFailed
 from pipeline.cli.api_client import api_get as _api_get
+from pipeline.cli.api_client import ask_or_open
 from pipeline.cli.options import config_options, load_or_exit
 from pipeline.cli.query import api_option
 from pipeline.config import Config
@@ -38,25 +38,9 @@ def _local(cfg: Config, name: str, *args: Any, **kwargs: Any) -> Any:
 
 def _fetch(cfg: Config, api_url: str | None, path: str, params: dict[str, Any], name: str,
            *args: Any, **kwargs: Any) -> Any:
-    try:
-        return _api_get(cfg, path, params, api_url)
-    except QueryFailed as e:
-        if e.status == 404:
-            return None
-        raise click.ClickException(e.args[0]) from None
-    except ApiUnreachable:
-        if api_url is not None:
-            raise click.ClickException(f"nothing answers at {api_url}") from None
-    try:
-        return _local(cfg, name, *args, **kwargs)
-    except click.ClickException:
-        raise
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:
-        if type(e).__name__ == "StoreLockedError":
-            raise click.ClickException(str(e)) from None
-        raise
+    """The API's answer (None for 404), or the local store's when no pipeline answers."""
+    return ask_or_open(lambda: _api_get(cfg, path, params, api_url), lambda: _local(cfg, name, *args, **kwargs),
+                       api_url, missing=lambda: None)
 
 
 @click.group()
