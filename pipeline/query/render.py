@@ -211,7 +211,7 @@ def render_trace_list(result: dict[str, Any] | None, term: Term = PLAIN) -> str:
     cols = [
         Col("TRACE ID", kind="key"),
         Col("START (UTC)", min_width=10, drop=3),
-        Col("ROOT", min_width=8),
+        Col("ROOT", min_width=6),
         Col("SERVICE", min_width=6, drop=1),
         Col("DURATION", kind="num"),
         Col("SPANS", kind="num", drop=4),
