@@ -323,3 +323,66 @@ def test_every_command_answers_help() -> None:
     for path, _cmd in _commands(main):
         result = runner.invoke(main, [*path, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, (path, result.output)
+
+
+# --- end to end: the embedded runtime keeps its budget alerts across a restart --------------
+
+
+async def test_embedded_runtime_budget_alert_survives_a_restart(tmp_path: Path) -> None:
+    import time
+
+    import aiohttp
+
+    from pipeline.config import build_config
+    from pipeline.embedded import EmbeddedRuntime
+    from tests.test_budgets_embedded import _otlp_json
+
+    raw = {
+        "receivers": {"otlp": {"grpc": None, "http": {"endpoint": "127.0.0.1:0"}}},
+        "processors": {"normalize": {}, "cost": {}},
+        "sinks": {
+            "budgets": {
+                "local": {},
+                "thresholds": [1.0],
+                "budgets": {"user_daily": {"scope": "user", "period": "day", "limit": {"tokens": 2000}}},
+            }
+        },
+        "service": {
+            "data_dir": str(tmp_path / "data"),
+            "api": {"endpoint": "127.0.0.1:0"},
+            "metrics": {"endpoint": None},
+            "batch": {"timeout": 0.05},
+            "pipelines": {"accounting": {"processors": ["normalize", "cost"], "sinks": ["budgets"]}},
+        },
+    }
+    cfg = build_config(raw)
+
+    async def budget_alerts(api: str) -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as http, http.get(f"http://{api}/api/alerts") as resp:
+            assert resp.status == 200
+            return [a for a in (await resp.json())["alerts"] if a.get("type") == "budget.threshold"]
+
+    runtime = EmbeddedRuntime(cfg)
+    endpoints = await runtime.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = _otlp_json(2, time.time_ns())  # 2 x 1500 tokens: past the 2000-token limit
+            resp = await http.post(f"http://{endpoints.otlp_http}/v1/traces", json=body)
+            assert resp.status == 200
+        assert endpoints.api is not None
+        deadline = time.monotonic() + 20
+        while not (seen := await budget_alerts(endpoints.api)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the batch goes through the chain asynchronously
+        [alert] = seen
+        assert alert["rule"] == "budget:user_daily" and alert["key"] == {"user": "e2e-user"}
+    finally:
+        await runtime.stop()
+
+    again = EmbeddedRuntime(build_config(raw))
+    endpoints = await again.start()
+    try:
+        assert endpoints.api is not None
+        [kept] = await budget_alerts(endpoints.api)
+        assert kept["event_id"] == alert["event_id"] and kept["state"] == "firing"
+    finally:
+        await again.stop()
