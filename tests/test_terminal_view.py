@@ -386,3 +386,50 @@ async def test_embedded_runtime_budget_alert_survives_a_restart(tmp_path: Path) 
         assert kept["event_id"] == alert["event_id"] and kept["state"] == "firing"
     finally:
         await again.stop()
+
+
+# --- sessions, users and budgets show share the table style ----------------------------------
+
+
+def test_session_and_user_views_fit_and_say_what_their_totals_leave_out() -> None:
+    from pipeline.query.render_sessions import render_session, render_user
+
+    turns = [
+        {"turn": i, "start_ns": 1_700_000_000_000_000_000 + i, "trace_id": f"{i:032x}",
+         "root_name": "chat-turn-handler",
+         "duration_ns": 1e9, "llm_calls": 1, "errors": 0, "input_tokens": 10, "output_tokens": 5,
+         "cost_usd": None if i == 2 else 0.5}
+        for i in (1, 2, 3)
+    ]  # fmt: skip
+    session = {"session_id": "conversation-with-a-long-id", "users": ["ann"], "turns": turns,
+               "totals": {"turns": 3, "duration_ns": 3e9, "llm_calls": 3, "errors": 0, "input_tokens": 30,
+                          "output_tokens": 15, "cost_usd": 1.0}}  # fmt: skip
+    text = render_session(session, Term(width=60))
+    lines = text.splitlines()
+    assert all(len(line) <= 60 for line in lines[:-1]), text
+    assert f"{3:032x}" in text and lines[-1] == "total $1.00 (1 unpriced turn not included)"
+    series = [{"start_ns": 1_700_000_000_000_000_000, "traces": 1, "llm_calls": 1, "input_tokens": 1,
+               "output_tokens": 1, "cost_usd": 12345.678}]  # fmt: skip
+    user = {"user_id": "ann", "interval": "day", "totals": {"traces": 1, "cost_usd": 12345.678}, "series": series,
+            "traces": []}  # fmt: skip
+    assert "$12,345.68" in render_user(user, Term(width=200))
+
+
+def test_budgets_show_uses_the_cost_table_style_and_money_format() -> None:
+    from pipeline.cli.budgets import format_table
+
+    rows = [{"budget": "user_daily", "period": "day", "spent_usd": 0.0123456, "limit_usd": 0.1,
+             "remaining_usd": 0.0876544,
+             "spent_tokens": 600, "limit_tokens": None, "reset_at": "2037-11-24T00:00:00+00:00", "utilization": 0.123,
+             "exceeded": False},
+            {"budget": "tenant_feature_monthly", "period": "month", "spent_usd": 12.3, "limit_usd": None,
+             "remaining_usd": None, "spent_tokens": 1_100_000, "limit_tokens": 1_000_000,
+             "reset_at": "2037-12-01T00:00:00+00:00", "utilization": 1.1, "exceeded": True}]  # fmt: skip
+    wide = format_table(rows, Term(width=200)).splitlines()
+    assert wide[0].split() == ["BUDGET", "PERIOD", "SPENT", "LIMIT", "REMAINING", "TOKENS", "TOKEN", "LIMIT",
+                               "RESETS", "AT", "USED"]  # fmt: skip
+    assert wide[1].split()[2:5] == ["$0.0123", "$0.10", "$0.0877"] and wide[1].endswith("12%")
+    assert wide[2].split()[2:5] == ["$12.30", "-", "-"] and wide[2].endswith("EXCEEDED")
+    narrow = format_table(rows, Term(width=60, color=True))
+    assert all(len(ANSI.sub("", line)) <= 60 for line in narrow.splitlines()), narrow
+    assert "\x1b[31;1mEXCEEDED\x1b[0m" in narrow and "$12.30" in narrow
