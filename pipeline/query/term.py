@@ -23,7 +23,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 ELLIPSIS = "…"
 GAP = "  "
@@ -120,7 +120,7 @@ def ellipsize(text: str, width: int, where: Literal["end", "middle"] = "end") ->
     if width == 1:
         return ELLIPSIS
     if where == "middle":
-        head = (width - 1 + 1) // 2
+        head = width // 2
         tail = width - 1 - head
         return text[:head] + ELLIPSIS + (text[-tail:] if tail else "")
     return text[: width - 1] + ELLIPSIS
@@ -234,9 +234,3 @@ def money_style(cell: str) -> Sequence[str]:
 def dim_dash(cell: str) -> Sequence[str]:
     return ("dim",) if cell in ("-", "(none)") else ()
 
-
-def as_int(v: Any) -> int:
-    try:
-        return int(v or 0)
-    except (TypeError, ValueError):
-        return 0
