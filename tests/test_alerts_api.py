@@ -84,7 +84,8 @@ async def test_cli_alerts_asks_the_running_pipeline() -> None:
     url = str(client.make_url("")).rstrip("/")
     runner = CliRunner()
     try:
-        table = await asyncio.to_thread(runner.invoke, main, ["alerts", "--api", url])
+        wide = {"COLUMNS": "200"}  # rows fit the width: this one must not be cut
+        table = await asyncio.to_thread(runner.invoke, main, ["alerts", "--api", url], env=wide)
         assert table.exit_code == 0, table.output
         lines = table.output.splitlines()
         assert lines[0].split()[:4] == ["STATE", "SEVERITY", "TYPE", "RULE"] and len(lines) == 2
