@@ -433,3 +433,15 @@ def test_budgets_show_uses_the_cost_table_style_and_money_format() -> None:
     narrow = format_table(rows, Term(width=60, color=True))
     assert all(len(ANSI.sub("", line)) <= 60 for line in narrow.splitlines()), narrow
     assert "\x1b[31;1mEXCEEDED\x1b[0m" in narrow and "$12.30" in narrow
+
+
+def test_a_budget_alert_ends_when_its_period_resets() -> None:
+    from datetime import UTC, datetime
+
+    store = AlertStore()
+    store.apply({"type": "budget.threshold", "state": "firing", "rule": "budget:user_daily", "sink": "budgets",
+                 "budget": "user_daily", "period_start": "2037-11-23T00:00:00+00:00", "tenant": "default",
+                 "id": "ann", "threshold": 1.0, "reset_at": "2037-11-24T00:00:00+00:00"})  # fmt: skip
+    assert len(store.active(datetime(2037, 11, 23, 23, 59, tzinfo=UTC))) == 1
+    assert store.active(datetime(2037, 11, 24, 0, 0, tzinfo=UTC)) == []
+    assert len(store.recent()) == 1  # still in the history

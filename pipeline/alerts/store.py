@@ -191,8 +191,12 @@ class AlertStore:
         return False, None
 
     def active(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Active alerts, newest first (budget alerts of a period that has reset are left out)."""
-        return [e for e in reversed(self._active.values()) if not _expired(e, now)]
+        """Active alerts, newest first. Budget alerts of a period that has reset are over: they
+        leave the active set here (the history keeps them)."""
+        over = [k for k, e in self._active.items() if _expired(e, now)]
+        for k in over:
+            del self._active[k]
+        return list(reversed(self._active.values()))
 
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         """Recent events (firing and resolved), newest first."""
