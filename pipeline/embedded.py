@@ -91,7 +91,7 @@ class EmbeddedRuntime:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         from pipeline.runtime_support import build_alerts, build_extras, open_queries
 
-        self.alerts = await build_alerts(cfg, self.telemetry, publishers=[])
+        self.alerts = await build_alerts(cfg, self.telemetry, publishers=[], persist=True)
         emit = self.alerts.emit if self.alerts is not None else None
         self.extras = await build_extras(cfg, self.telemetry)
         self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, extras=self.extras)

@@ -37,11 +37,22 @@ class Alerts:
         await self.router.close()
 
 
-async def build_alerts(config: Config, telemetry: Telemetry, publishers: list[Any]) -> Alerts:
-    """The alert router from the `alerts:` section; `publishers` add destinations (Kafka topic)."""
+ALERTS_FILE = ("alerts", "alerts.jsonl")  # under service.data_dir
+
+
+def alerts_file(config: Config) -> Any:
+    """Where the embedded runtime keeps its alert history (alerts.persist)."""
+    return config.data_dir.joinpath(*ALERTS_FILE)
+
+
+async def build_alerts(config: Config, telemetry: Telemetry, publishers: list[Any], persist: bool = False) -> Alerts:
+    """The alert router from the `alerts:` section; `publishers` add destinations (Kafka topic).
+    `persist` (the embedded runtime, one process per data_dir): the history survives a restart
+    in alerts_file(config) unless alerts.persist is false."""
     from pipeline.alerts.router import AlertRouter
 
-    router = AlertRouter.from_config(config.alerts, telemetry, publishers=publishers)
+    path = alerts_file(config) if persist and (config.alerts is None or config.alerts.persist) else None
+    router = AlertRouter.from_config(config.alerts, telemetry, publishers=publishers, store_path=path)
     await router.start()
     return Alerts(router)
 

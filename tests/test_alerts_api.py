@@ -84,10 +84,11 @@ async def test_cli_alerts_asks_the_running_pipeline() -> None:
     url = str(client.make_url("")).rstrip("/")
     runner = CliRunner()
     try:
-        table = await asyncio.to_thread(runner.invoke, main, ["alerts", "--api", url])
+        wide = {"COLUMNS": "200"}  # rows fit the width: this one must not be cut
+        table = await asyncio.to_thread(runner.invoke, main, ["alerts", "--api", url], env=wide)
         assert table.exit_code == 0, table.output
         lines = table.output.splitlines()
-        assert lines[0].split()[:3] == ["STATE", "SEVERITY", "RULE"] and len(lines) == 2
+        assert lines[0].split()[:4] == ["STATE", "SEVERITY", "TYPE", "RULE"] and len(lines) == 2
         assert "prompt_bloat" in lines[1] and "service=chat,model=m" in lines[1] and "3.25" in lines[1]
         as_json = await asyncio.to_thread(runner.invoke, main, ["alerts", "--all", "--json", "--api", url])
         assert as_json.exit_code == 0

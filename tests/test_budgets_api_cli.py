@@ -151,10 +151,12 @@ def test_cli_budgets_show_reads_redis(tmp_path: Path, redis_service) -> None:
     assert result.exit_code == 0, result.output
     rows = {b["period"]: b for b in json.loads(result.output)["budgets"]}
     assert rows["day"]["spent_usd"] == 0.12 and rows["day"]["exceeded"] is True
-    result = runner.invoke(_cli(), ["budgets", "show", "tenant+feature", "acme/chat", "-c", str(config_path)])
+    result = runner.invoke(
+        _cli(), ["budgets", "show", "tenant+feature", "acme/chat", "-c", str(config_path)], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split()[:4] == ["BUDGET", "PERIOD", "SPENT_USD", "LIMIT_USD"]
+    assert lines[0].split()[:4] == ["BUDGET", "PERIOD", "SPENT", "LIMIT"]
     assert lines[1].split()[:2] == ["tenant_feature", "hour"] and "4500" in lines[1] and "90%" in lines[1]
     bad = runner.invoke(_cli(), ["budgets", "show", "planet", "earth", "-c", str(config_path)])
     assert bad.exit_code != 0 and "unknown scope" in bad.output

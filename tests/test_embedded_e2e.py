@@ -138,8 +138,13 @@ def test_cli_shows_the_tree_while_running_and_after_stop(tmp_path: Path):
     stopped = cli("traces", "show", trace_id, "--data-dir", str(p.data_dir), "--api", "off")
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout == running.stdout
-    lines = stopped.stdout.splitlines()
-    assert lines[0].startswith("rag-pipeline (2.5s, $")
+    head, *rows, total = stopped.stdout.splitlines()
+    assert head.split() == ["OFFSET", "TIMELINE", "SPAN"] and total.startswith("total: 5 spans, 1 error, 2.5s")
+    col = head.index("SPAN")  # the waterfall: start offset and bar, then the tree
+    offsets = {ln[col:].strip(" │├└─").split(" (")[0]: ln[:col].split()[0] for ln in rows}
+    lines = [ln[col:] for ln in rows]
+    assert lines[0].startswith("rag-pipeline (2.5s, $") and offsets["rag-pipeline"] == "+0"
+    assert (offsets["retrieval"], offsets["embedding"], offsets["synthesis"]) == ("+10ms", "+20ms", "+1.81s")
     indent = {ln.strip(" │├└─").split(" (")[0]: len(ln) - len(ln.lstrip(" │├└─")) for ln in lines[1:]}
     assert indent["retrieval"] < indent["embedding"] and indent["retrieval"] == indent["synthesis"]
     as_json = cli("traces", "show", trace_id, "--data-dir", str(p.data_dir), "--api", "off", "--json")

@@ -90,7 +90,7 @@ async def test_rendered_tree_text(clickhouse_dsn: str, chdb_database: str):
         trace = await q.get_trace(tid(1))
     finally:
         await q.close()
-    assert render_trace(trace) == (
+    assert render_trace(trace, waterfall=False) == (
         "rag-pipeline (2.5s, $0.0125)\n"
         "├── retrieval (1.8s, $0.00002)\n"
         "│   ├── embedding (200ms, text-embedding-3-small, 1000 in, $0.00002)\n"
@@ -312,13 +312,21 @@ async def test_cost_by_every_dimension_with_percentiles(clickhouse_dsn: str, chd
         "OUTPUT",
         "TOK",
         "CALLS",
+        "UNPRICED",
         "TRACE",
         "P50",
         "TRACE",
         "P95",
     ]
-    assert lines[1].split() == ["alice", "$0.40", "300", "30", "3", "105ms", "285ms"]
-    assert lines[-1].split()[:2] == ["TOTAL", "$1.00"]
+    assert lines[1].split() == ["alice", "$0.40", "300", "30", "3", "1", "105ms", "285ms"]
+    assert lines[-2].split()[:2] == ["TOTAL", "$1.00"]
+    assert lines[-1].startswith("total $1.00")
+    # unpriced calls are counted, for the total line that says they are left out
+    embed = by["model"]["embed-v3"]
+    assert embed["unpriced_calls"] == embed["calls"] > 0 and gpt["unpriced_calls"] == 0
+    assert by["feature"]["search"]["unpriced_calls"] > 0 and by["feature"]["chat"]["unpriced_calls"] == 0
+    models = render_cost(list(by["model"].values()), "model").splitlines()
+    assert models[-1] == f"total $1.00 ({embed['calls']} unpriced call{'s' if embed['calls'] > 1 else ''} not included)"
 
 
 async def test_trace_level_attribution_from_any_span_of_the_trace(clickhouse_dsn: str, chdb_database: str):

@@ -11,6 +11,7 @@ alerts:
       timeout: 5s
       max_retries: 5
   history: 500                      # resolved/fired events kept for GET /api/alerts?state=all
+  persist: true                     # embedded: history and active alerts survive a restart
 ```
 """
 
@@ -51,3 +52,8 @@ class AlertsConfig(ComponentConfig):
     queue_size: int = Field(10_000, gt=0, description="Events the router holds for its publishers and notifiers.")
     history: int = Field(500, gt=0, description="Recent events kept in memory for GET /api/alerts?state=all.")
     max_active: int = Field(1000, gt=0, description="Active alerts tracked at most (oldest forgotten beyond).")
+    persist: bool = Field(
+        True,
+        description="Embedded runtime: keep the active alerts and the history in <data_dir>/alerts/alerts.jsonl "
+        "(bounded, rewritten when it passes twice history + max_active lines) so they survive a restart.",
+    )

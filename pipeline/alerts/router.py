@@ -22,6 +22,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.alerts.config import AlertsConfig
@@ -82,15 +83,20 @@ class AlertRouter:
 
     @classmethod
     def from_config(
-        cls, config: AlertsConfig | None, telemetry: Telemetry, publishers: Sequence[Publisher] = ()
+        cls,
+        config: AlertsConfig | None,
+        telemetry: Telemetry,
+        publishers: Sequence[Publisher] = (),
+        store_path: str | Path | None = None,
     ) -> AlertRouter:
+        """`store_path`: the JSONL file the store keeps its history in (None: memory only)."""
         from pipeline.alerts.webhook import WebhookNotifier
 
         config = config or AlertsConfig()
         notifiers = [WebhookNotifier(w.name or f"webhook/{i}", w, telemetry) for i, w in enumerate(config.webhooks)]
         return cls(
             telemetry,
-            store=AlertStore(history=config.history, max_active=config.max_active),
+            store=AlertStore(history=config.history, max_active=config.max_active, path=store_path),
             notifiers=notifiers,
             publishers=publishers,
             queue_size=config.queue_size,
@@ -159,6 +165,7 @@ class AlertRouter:
             self._task = None
         for n in self.notifiers:
             await n.close(timeout)
+        self.store.close()
 
     async def _run(self) -> None:
         while True:

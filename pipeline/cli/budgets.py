@@ -14,6 +14,8 @@ from typing import Any
 import click
 
 from pipeline.cli.options import config_options, load_or_exit, token_option
+from pipeline.cli.style import color_option, current_term
+from pipeline.query.term import PLAIN, Col, Term, fmt_usd, money_style, table
 from pipeline.tenants import DEFAULT_TENANT
 
 
@@ -32,6 +34,7 @@ def budgets() -> None:
 @click.option("--api-url", metavar="URL", help="Ask this API (http://host:8081) for embedded local budgets.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @token_option
+@color_option
 def show(
     scope: str,
     id_: str,
@@ -74,7 +77,7 @@ def show(
     if as_json:
         click.echo(json.dumps({"scope": scope, "id": id_, "budgets": rows}, indent=2))
         return
-    click.echo(format_table(rows))
+    click.echo(format_table(rows, current_term()))
 
 
 def _from_api(
@@ -97,45 +100,51 @@ def _from_api(
     return list(answer.get("budgets", []))
 
 
-def _money(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
 def _num(v: int | None) -> str:
     return "-" if v is None else str(v)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (
-        "BUDGET",
-        "PERIOD",
-        "SPENT_USD",
-        "LIMIT_USD",
-        "REMAINING_USD",
-        "TOKENS",
-        "TOKEN_LIMIT",
-        "RESETS_AT",
-        "STATE",
-    )
-    table = [head]
+def _state_style(cell: str) -> tuple[str, ...]:
+    if cell == "EXCEEDED":
+        return ("red", "bold")
+    if cell.endswith("%") and cell[:-1].isdigit():
+        pct = int(cell[:-1])
+        return ("red",) if pct >= 100 else ("yellow",) if pct >= 80 else ("green",)
+    return ()
+
+
+def format_table(rows: list[dict[str, Any]], term: Term = PLAIN) -> str:
+    """Where an id stands in each budget, in the table style of `tracepipe cost` (money from
+    pipeline.query.term.fmt_usd, cut to the terminal width)."""
+    cols = [
+        Col("BUDGET", cut="middle", min_width=8),
+        Col("PERIOD", min_width=5, drop=2),
+        Col("SPENT", kind="num", style=money_style),
+        Col("LIMIT", kind="num"),
+        Col("REMAINING", kind="num", drop=3),
+        Col("TOKENS", kind="num", drop=1),
+        Col("TOKEN LIMIT", kind="num", drop=0),
+        Col("RESETS AT", min_width=10, drop=4),
+        Col("USED", kind="num", style=_state_style),
+    ]
+    body = []
     for r in rows:
         util = r.get("utilization")
         state = "EXCEEDED" if r["exceeded"] else ("-" if util is None else f"{util * 100:.0f}%")
-        table.append(
-            (
-                r["budget"],
-                r["period"],
-                _money(r["spent_usd"]),
-                _money(r["limit_usd"]),
-                _money(r["remaining_usd"]),
+        body.append(
+            [
+                str(r["budget"]),
+                str(r["period"]),
+                fmt_usd(r["spent_usd"]),
+                fmt_usd(r["limit_usd"]),
+                fmt_usd(r["remaining_usd"]),
                 str(r["spent_tokens"]),
                 _num(r["limit_tokens"]),
-                r["reset_at"],
+                str(r["reset_at"]),
                 state,
-            )
+            ]
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
+    return table(cols, body, term)
 
 
 def register(group: click.Group) -> None:

@@ -111,7 +111,8 @@ def dead_letter() -> None:
 @config_options
 @api_option
 @click.option("--status", type=click.Choice(["new", "replayed", "failed_again"]), help="Only entries in this state.")
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True,
+              help="Entries listed at most.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_cmd(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None,
              status: str | None, limit: int, as_json: bool) -> None:
@@ -140,7 +141,7 @@ def show_cmd(entry_id: str, config_path: str | None, data_dir: str | None, api: 
 @click.option("--all", "replay_all", is_flag=True, help="Replay every entry with status new.")
 @config_options
 @api_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the replay counts as JSON.")
 def replay_cmd(entry_id: str | None, replay_all: bool, config_path: str | None, data_dir: str | None,
                api: str | None, api_url: str | None, as_json: bool) -> None:
     """Send dead letters back to the sink (or processor) that refused them, e.g. after a fix.

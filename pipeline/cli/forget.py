@@ -126,9 +126,10 @@ def render_audit(entries: list[dict[str, Any]]) -> str:
 @config_options
 @api_option
 @click.option("--since", default="24h", show_default=True, help="Entries within this window, e.g. 15m, 24h, 7d.")
-@click.option("--token", "token_id", metavar="TOKEN_ID", help="Only this token id (12 hex digits).")
+@click.option("--token-id", "token_id", metavar="TOKEN_ID", help="Only this token id (12 hex digits).")
 @click.option("--tenant", help="Only requests made by this tenant's tokens.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True,
+              help="Entries listed at most, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def audit(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None, since: str,
           token_id: str | None, tenant: str | None, limit: int, as_json: bool) -> None:

@@ -17,6 +17,7 @@ import click
 from pipeline.cli.api_client import api_get as _api_get
 from pipeline.cli.api_client import ask_or_open
 from pipeline.cli.options import config_options, endpoint_options, load_or_exit, token_option
+from pipeline.cli.style import color_option, current_term
 from pipeline.config import Config
 
 # The `by` values of GET /api/analytics/cost (pipeline.query.traces.COST_DIMENSIONS, not imported:
@@ -69,9 +70,11 @@ def traces() -> None:
 @api_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print the trace as JSON instead of a tree (with each span's log events under `logs`).")
+@color_option
 def traces_show(trace_id: str, config_path: str | None, data_dir: str | None, api: str | None,
                 api_url: str | None, as_json: bool) -> None:
-    """Print the span tree of TRACE_ID (32 hex chars) with durations, models, tokens and cost."""
+    """Print the span tree of TRACE_ID (32 hex chars) with start offsets, timeline bars, durations,
+    models, tokens and cost."""
     from pipeline.query.render import render_trace
 
     cfg = load_or_exit(config_path, data_dir=data_dir, api=api)
@@ -82,22 +85,24 @@ def traces_show(trace_id: str, config_path: str | None, data_dir: str | None, ap
     if trace is None:
         click.echo(f"trace {tid} not found", err=True)
         sys.exit(1)
-    click.echo(json.dumps(trace, indent=2) if as_json else render_trace(trace))
+    click.echo(json.dumps(trace, indent=2) if as_json else render_trace(trace, current_term()))
 
 
 @traces.command("list")
 @config_options
 @api_option
-@click.option("--service")
-@click.option("--model")
-@click.option("--user")
+@click.option("--service", help="Only traces with a span of this service (service.name).")
+@click.option("--model", help="Only traces with an LLM call of this model (request or response model).")
+@click.option("--user", help="Only traces of this user (user.id / enduser.id).")
 @click.option("--session", help="Only the traces of this session (session.id or gen_ai.conversation.id).")
-@click.option("--status", type=click.Choice(["ok", "error", "unset"]))
+@click.option("--status", type=click.Choice(["ok", "error", "unset"]),
+              help="Only traces of this status (error: a span failed; else the root span's status).")
 @click.option("--min-cost", type=float, help="Only traces costing at least this many USD.")
 @click.option("--since", help="Only traces started within this window, e.g. 15m, 24h, 7d.")
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=int, default=20, show_default=True, help="Traces per page.")
 @click.option("--cursor", help="Start after this cursor (printed as the next page cursor of a previous page).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+@color_option
 def traces_list(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None,
                 service: str | None,
                 model: str | None, user: str | None, session: str | None, status: str | None,
@@ -110,7 +115,7 @@ def traces_list(config_path: str | None, data_dir: str | None, api: str | None, 
               "min_cost": min_cost, "since": since, "limit": limit, "cursor": cursor}
     result = _fetch(cfg, api_url, "/api/traces", params, "list_traces",
                     **{k: v for k, v in params.items() if v is not None})
-    click.echo(json.dumps(result, indent=2) if as_json else render_trace_list(result))
+    click.echo(json.dumps(result, indent=2) if as_json else render_trace_list(result, current_term()))
 
 
 @click.command()
@@ -120,14 +125,16 @@ def traces_list(config_path: str | None, data_dir: str | None, api: str | None, 
               help="Group spend by this dimension (model: the request model, else the response model).")
 @click.option("--since", default="24h", show_default=True, help="Window to look at, e.g. 15m, 24h, 7d.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+@color_option
 def cost(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None, by: str,
          since: str, as_json: bool) -> None:
-    """Spend, tokens, call count and p50/p95 latency per group."""
+    """Spend, tokens, call count and p50/p95 latency per group; the total says how many unpriced
+    calls it leaves out."""
     from pipeline.query.render import render_cost
 
     cfg = load_or_exit(config_path, data_dir=data_dir, api=api)
     rows = _fetch(cfg, api_url, "/api/analytics/cost", {"by": by, "since": since}, "cost_by", by, since=since)
-    click.echo(json.dumps(rows, indent=2) if as_json else render_cost(rows, by))
+    click.echo(json.dumps(rows, indent=2) if as_json else render_cost(rows, by, current_term()))
 
 
 def register(group: click.Group) -> None:

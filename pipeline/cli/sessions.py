@@ -17,6 +17,7 @@ from pipeline.cli.api_client import api_get as _api_get
 from pipeline.cli.api_client import ask_or_open
 from pipeline.cli.options import config_options, load_or_exit
 from pipeline.cli.query import api_option
+from pipeline.cli.style import color_option, current_term
 from pipeline.config import Config
 
 
@@ -53,8 +54,9 @@ def sessions() -> None:
 @api_option
 @click.option("--user", help="Only sessions this user took part in.")
 @click.option("--since", default="7d", show_default=True, help="Sessions active within this window.")
-@click.option("--limit", type=int, default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=int, default=20, show_default=True, help="Sessions listed at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+@color_option
 def sessions_list(config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None,
                   user: str | None, since: str, limit: int, as_json: bool) -> None:
     """List sessions, most recently active first, with their totals."""
@@ -64,14 +66,15 @@ def sessions_list(config_path: str | None, data_dir: str | None, api: str | None
     params = {"user": user, "since": since, "limit": limit}
     result = _fetch(cfg, api_url, "/api/sessions", params, "list_sessions",
                     **{k: v for k, v in params.items() if v is not None})
-    click.echo(json.dumps(result, indent=2) if as_json else render_session_list(result))
+    click.echo(json.dumps(result, indent=2) if as_json else render_session_list(result, current_term()))
 
 
 @sessions.command("show")
 @click.argument("session_id")
 @config_options
 @api_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")
+@color_option
 def sessions_show(session_id: str, config_path: str | None, data_dir: str | None, api: str | None,
                   api_url: str | None, as_json: bool) -> None:
     """The turns of SESSION_ID in order (trace id, latency, tokens, cost, errors) and totals."""
@@ -85,7 +88,7 @@ def sessions_show(session_id: str, config_path: str | None, data_dir: str | None
     if result is None:
         click.echo(f"session {session_id} not found", err=True)
         sys.exit(1)
-    click.echo(json.dumps(result, indent=2) if as_json else render_session(result))
+    click.echo(json.dumps(result, indent=2) if as_json else render_session(result, current_term()))
 
 
 @click.group()
@@ -98,9 +101,11 @@ def users() -> None:
 @config_options
 @api_option
 @click.option("--since", default="30d", show_default=True, help="Window to look at, e.g. 24h, 30d.")
-@click.option("--interval", type=click.Choice(["hour", "day"]), default="day", show_default=True)
+@click.option("--interval", type=click.Choice(["hour", "day"]), default="day", show_default=True,
+              help="Bucket of the spend series.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Recent traces listed.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of tables.")
+@color_option
 def users_show(user_id: str, config_path: str | None, data_dir: str | None, api: str | None, api_url: str | None,
                since: str, interval: str, limit: int, as_json: bool) -> None:
     """USER_ID's totals, spend per hour or day, and recent traces."""
@@ -115,7 +120,7 @@ def users_show(user_id: str, config_path: str | None, data_dir: str | None, api:
     if result is None:
         click.echo(f"user {user_id} has no traces in the last {since}", err=True)
         sys.exit(1)
-    click.echo(json.dumps(result, indent=2) if as_json else render_user(result))
+    click.echo(json.dumps(result, indent=2) if as_json else render_user(result, current_term()))
 
 
 def register(group: click.Group) -> None:

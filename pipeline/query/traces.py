@@ -655,7 +655,8 @@ LIMIT {{limit:UInt32}} OFFSET {{offset:UInt64}}"""
             sql = f"""
 SELECT {_SPAN_GROUP_EXPR[by]} AS Grp, sum(CostUsd) AS Cost,
     sum(InputTokens), sum(OutputTokens), sum(CacheReadTokens), sum(CacheCreationTokens),
-    count() AS Calls, uniqExact(TraceId), quantiles(0.5, 0.95)(Duration) AS Q
+    count() AS Calls, uniqExact(TraceId), quantiles(0.5, 0.95)(Duration) AS Q,
+    countIf(CostUsd IS NULL) AS Unpriced
 FROM {self.spans_table}
 WHERE (RequestModel != '' OR ResponseModel != '')
     AND Timestamp >= fromUnixTimestamp64Nano({{cutoff:Int64}}){span_tenant}
@@ -664,7 +665,7 @@ ORDER BY Cost DESC NULLS LAST, Calls DESC, Grp"""
         else:
             sql = f"""
 SELECT Grp, sum(Cost) AS TotalCost, sum(InTok), sum(OutTok), sum(CrTok), sum(CcTok),
-    sum(Calls) AS TotalCalls, count(), quantiles(0.5, 0.95)(DurNs) AS Q
+    sum(Calls) AS TotalCalls, count(), quantiles(0.5, 0.95)(DurNs) AS Q, sumIf(Calls, Cost IS NULL) AS Unpriced
 FROM (
     SELECT TraceId, {_TRACE_GROUP_EXPR[by]} AS Grp, sum(CostUsd) AS Cost,
         sum(InputTokens) AS InTok, sum(OutputTokens) AS OutTok,
@@ -679,7 +680,7 @@ GROUP BY Grp
 ORDER BY TotalCost DESC NULLS LAST, TotalCalls DESC, Grp"""
         rows = await self._query(sql, params)
         out = []
-        for grp, cost, in_tok, out_tok, cr_tok, cc_tok, calls, traces, q in rows:
+        for grp, cost, in_tok, out_tok, cr_tok, cc_tok, calls, traces, q, unpriced in rows:
             out.append(
                 {
                     "group": _none_if_empty(grp),
@@ -690,6 +691,9 @@ ORDER BY TotalCost DESC NULLS LAST, TotalCalls DESC, Grp"""
                     "cache_creation_tokens": int(cc_tok),
                     "calls": int(calls),
                     "traces": int(traces),
+                    # LLM calls without a price, left out of cost_usd (by span dimensions: each call;
+                    # by user/feature/tenant/...: the calls of traces with no priced call at all).
+                    "unpriced_calls": int(unpriced or 0),
                     "p50_ms": float(q[0]) / 1e6 if q else None,
                     "p95_ms": float(q[1]) / 1e6 if q else None,
                 }
