@@ -274,6 +274,12 @@ def test_cost_charts_show_the_api_numbers(stack: Stack, page: Any, tmp_path: Pat
         bars = page.locator(f".chart[data-chart='Spend by {by}'] rect.bar").evaluate_all(
             "bs => bs.map(b => [b.dataset.label, Number(b.dataset.value)])")
         assert bars == [[r["group"] if r["group"] is not None else "(none)", r["cost_usd"] or 0] for r in rows], by
+    status, spend = _request(f"{stack.p.api}/api/analytics/spend?since=24h&interval=hour", stack.tokens["acme-read"])
+    assert status == 200 and spend["totals"]["traces"] == 2  # acme's two turns, not globex's trace
+    bars = page.locator(".chart[data-chart='Spend per hour'] rect.bar").evaluate_all(
+        "bs => bs.map(b => Number(b.dataset.value))")
+    assert bars == [b["cost_usd"] or 0 for b in spend["series"]] and sum(bars) == pytest.approx(
+        spend["totals"]["cost_usd"])
     assert page.locator(".chart[data-chart='Spend by tenant'] rect.bar").evaluate_all(
         "bs => bs.map(b => b.dataset.label)") == ["acme"]
     model_cost = _request(f"{stack.p.api}/api/analytics/cost?by=model", stack.tokens["acme-read"])[1][0]["cost_usd"]

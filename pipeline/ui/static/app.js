@@ -216,10 +216,15 @@ const COST_BY = { model: null, feature: null, user: (r) => `#/users/${enc(r.grou
 
 async function costView(params) {
   const since = params.since || "24h";
-  const results = await Promise.all(Object.keys(COST_BY).map((by) => api("/api/analytics/cost" + query({ by, since }))));
+  const interval = ["15m", "1h", "6h", "24h"].includes(since) ? "hour" : "day";
+  const [spend, ...results] = await Promise.all([api("/api/analytics/spend" + query({ since, interval })),
+    ...Object.keys(COST_BY).map((by) => api("/api/analytics/cost" + query({ by, since })))]);
   const select = sinceSelect("since", since, false);
   select.addEventListener("change", () => { location.hash = "#/cost" + query({ since: select.value }); });
   return [h("h1", {}, "Cost ", select),
+    h("div", { class: "cards" }, card("spend", usd(spend.totals.cost_usd)), card("traces", num(spend.totals.traces)),
+      card("LLM calls", num(spend.totals.llm_calls)), card("errors", num(spend.totals.errors))),
+    barChart(`Spend per ${interval}`, spend.series, { label: (r) => when(r.start_ns).slice(0, interval === "day" ? 10 : 16) }),
     h("div", { class: "charts" }, Object.keys(COST_BY).map((by, i) =>
       barChart(`Spend by ${by}`, results[i], { href: COST_BY[by] }))),
     h("h2", {}, "By model"),
