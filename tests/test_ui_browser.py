@@ -45,10 +45,11 @@ def _config(entries: list[dict[str, Any]]) -> str:
         "receivers": {"otlp": {}},
         "processors": {"redact": {"custom_rules": [{"id": "planted", "regex": "SECRET-[0-9]{6}"}]},
                        "normalize": {}, "context": {}, "cost": {}},
-        "sinks": {"clickhouse": {}},
+        "sinks": {"clickhouse": {}, "budgets": {"budgets": {"user_daily": {"scope": "user", "period": "day",
+                                                                            "limit": {"usd": 0.001}}}}},
         "service": {"batch": {"timeout": 0.05},
                     "pipelines": {"traces": {"processors": ["redact", "normalize", "context", "cost"],
-                                             "sinks": ["clickhouse"]}}},
+                                             "sinks": ["clickhouse", "budgets"]}}},
     })
 
 
@@ -285,6 +286,20 @@ def test_cost_charts_show_the_api_numbers(stack: Stack, page: Any, tmp_path: Pat
     model_cost = _request(f"{stack.p.api}/api/analytics/cost?by=model", stack.tokens["acme-read"])[1][0]["cost_usd"]
     assert model_cost > 0  # gpt-4o-mini is priced
     _shot(page, tmp_path, "cost")
+
+
+def test_budgets_page_shows_a_users_utilisation(stack: Stack, page: Any) -> None:
+    status, want = _request(f"{stack.p.api}/api/budgets/user/{stack.user}", stack.tokens["acme-read"])
+    assert status == 200 and want["budgets"][0]["spent_usd"] > 0, want
+    _login(page, stack, "acme-read")
+    page.click("nav a[data-nav=budgets]")
+    page.fill("input[name=scope]", "user")
+    page.fill("input[name=id]", stack.user)
+    page.click("button:has-text('Show utilisation')")
+    row = page.wait_for_selector("table.budget-status tr[data-budget=user_daily]")
+    got = row.inner_text()
+    b = want["budgets"][0]
+    assert f"{b['utilization'] * 100:.1f}%" in got and "day (UTC)" in got
 
 
 def test_a_read_token_of_one_tenant_cannot_open_another_tenants_trace(stack: Stack, page: Any,

@@ -265,14 +265,18 @@ async function budgetsView(params) {
   if (params.scope && params.id) {
     try {
       const st = await api(`/api/budgets/${enc(params.scope)}/${params.id.split("/").map(enc).join("/")}`);
-      status = table(["budget", "period", { class: "num", label: "spent" }, { class: "num", label: "limit" }, "utilisation", "resets"],
-        st.budgets.map((b) => {
-          const ratio = b.limit ? Math.min(1, (b.spent ?? 0) / b.limit) : 0;
-          return h("tr", {}, h("td", {}, text(b.name ?? b.budget ?? "")), h("td", {}, text(b.period ?? "")),
-            h("td", { class: "num" }, text(b.spent)), h("td", { class: "num" }, text(b.limit)),
-            h("td", {}, h("div", { class: "util" }, h("div", { class: ratio >= 1 ? "over" : "", style: { width: `${ratio * 100}%` } }))),
-            h("td", {}, text(b.resets_at ?? b.reset_at ?? "")));
-        }), "budget-status");
+      status = table(["budget", "period", { class: "num", label: "spent" }, { class: "num", label: "limit" },
+        { class: "num", label: "tokens" }, "utilisation", "resets (UTC)"],
+      st.budgets.map((b) => {
+        const ratio = b.utilization ?? 0;
+        return h("tr", { "data-budget": b.budget }, h("td", {}, text(b.budget)), h("td", {}, text(`${b.period} (${b.time_zone})`)),
+          h("td", { class: "num" }, usd(b.spent_usd)), h("td", { class: "num" }, b.limit_usd === null ? "none" : usd(b.limit_usd)),
+          h("td", { class: "num" }, `${num(b.spent_tokens)} / ${b.limit_tokens === null ? "none" : num(b.limit_tokens)}`),
+          h("td", {}, h("div", { class: "util", title: b.utilization === null ? "no limit" : `${(ratio * 100).toFixed(1)}%` },
+            h("div", { class: b.exceeded ? "over" : "", style: { width: `${Math.min(1, ratio) * 100}%` } })),
+          b.utilization === null ? "" : ` ${(ratio * 100).toFixed(1)}%`),
+          h("td", {}, text(b.reset_at)));
+      }), "budget-status");
     } catch (e) {
       status = showError(e);
     }
