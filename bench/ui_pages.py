@@ -147,6 +147,7 @@ def main() -> None:
                 "trace, 5 spans": [f"/api/traces/{small}"],
                 f"trace, {BIG_SPANS} spans": [f"/api/traces/{BIG_TRACE}"],
                 "session (4 turns)": ["/api/sessions/sess-1000"],
+                "sessions list (24h, the page's default)": ["/api/sessions?since=24h&limit=100"],
                 "sessions list (7d)": ["/api/sessions?since=7d&limit=100"],
                 "user (30d, per day)": ["/api/users/u-42?since=30d&interval=day&limit=50"],
                 "cost overview (24h: spend + 5 dimensions)": [

@@ -263,6 +263,7 @@ def test_trace_list_filters_and_opens_a_trace_with_waterfall_chat_and_redaction(
     page.wait_for_selector("table.user-traces")
     assert page.locator("table.user-traces tbody tr").count() == 2
     assert page.locator(".chart[data-chart='Spend per day'] rect.bar").count() >= 1
+    _shot(page, tmp_path, "user")
 
 
 def test_cost_charts_show_the_api_numbers(stack: Stack, page: Any, tmp_path: Path) -> None:
@@ -286,6 +287,14 @@ def test_cost_charts_show_the_api_numbers(stack: Stack, page: Any, tmp_path: Pat
     model_cost = _request(f"{stack.p.api}/api/analytics/cost?by=model", stack.tokens["acme-read"])[1][0]["cost_usd"]
     assert model_cost > 0  # gpt-4o-mini is priced
     _shot(page, tmp_path, "cost")
+    page.click("nav a[data-nav=sessions]")  # the sessions list links to acme's session only
+    page.wait_for_selector(f"#view a[href='#/sessions/{stack.session}']")
+    assert page.locator("#view a[href='#/sessions/sess-globex']").count() == 0
+    status, alerts = _request(f"{stack.p.api}/api/alerts", stack.tokens["acme-read"])
+    assert status == 200, alerts
+    page.click("nav a[data-nav=alerts]")
+    page.wait_for_selector("#view h2:has-text('Active')")
+    assert f"Active ({alerts['active_count']})" in page.locator("#view").inner_text()
 
 
 def test_budgets_page_shows_a_users_utilisation(stack: Stack, page: Any) -> None:

@@ -166,8 +166,11 @@ async function traceView(id, params) {
 
 // --- sessions and users ------------------------------------------------------------
 async function sessionsList(params) {
-  const body = await api("/api/sessions" + query({ since: params.since || "7d", user: params.user, limit: 100 }));
-  return [h("h1", {}, "Sessions"), table(["session", "last activity (UTC)", { class: "num", label: "turns" }, "users",
+  const since = params.since || "24h";
+  const body = await api("/api/sessions" + query({ since, user: params.user, limit: 100 }));
+  const select = sinceSelect("since", since, false);
+  select.addEventListener("change", () => { location.hash = "#/sessions" + query({ since: select.value, user: params.user }); });
+  return [h("h1", {}, "Sessions ", select), table(["session", "last activity (UTC)", { class: "num", label: "turns" }, "users",
     { class: "num", label: "LLM calls" }, { class: "num", label: "errors" }, { class: "num", label: "cost" }],
   body.sessions.map((s) => h("tr", {}, h("td", {}, sessionLink(s.session_id)), h("td", {}, when(s.last_ns)),
     h("td", { class: "num" }, num(s.turns)), h("td", {}, s.users.map((u) => [userLink(u), " "])),
