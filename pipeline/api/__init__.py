@@ -65,4 +65,6 @@ _OPTIONAL_ROUTE_MODULES: list[str] = [
     "alerts",
     "dead_letters",
     "sessions",
+    "spend",
+    "ui",
 ]

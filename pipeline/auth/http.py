@@ -2,7 +2,7 @@
 
 Missing or invalid token: 401 with `WWW-Authenticate: Bearer`; a token without the scope
 the route needs: 403. `scope_of(request)` names the scope a request needs, or None for an
-open path (/healthz, /readyz), which still gets a Principal (UNAUTHENTICATED unless a
+open path (/healthz, /readyz, the static UI under /ui), which still gets a Principal (UNAUTHENTICATED unless a
 valid token came along).
 """
 
@@ -17,6 +17,10 @@ from pipeline.auth.tokens import Failure
 
 PRINCIPAL_KEY = "principal"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# The web UI's static page and scripts (pipeline/api/ui.py): no data, so no token; the data it
+# shows comes through /api/ with the user's token.
+OPEN_PREFIXES = ("/ui/",)
+OPEN_UI = "/ui"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ScopeOf = Callable[[web.Request], str | None]
@@ -24,7 +28,7 @@ ScopeOf = Callable[[web.Request], str | None]
 
 def api_scope(request: web.Request) -> str | None:
     """Query API: health probes open, DELETE needs admin, everything else read."""
-    if request.path in OPEN_PATHS:
+    if request.path in OPEN_PATHS or request.path == OPEN_UI or request.path.startswith(OPEN_PREFIXES):
         return None
     return "admin" if request.method == "DELETE" else "read"
 

@@ -114,6 +114,19 @@ def _and_where(where: str, condition: str) -> str:
     return f"{where} AND {condition}" if where else f"WHERE {condition}"
 
 
+# The aggregates list_traces' HAVING and ORDER BY may use, by alias (its first phase computes only these).
+_PAGE_KEYS = {
+    "StartNs": "toUnixTimestamp64Nano(min(Start))",
+    "Errors": "sum(ErrorCount)",
+    "Cost": "sum(CostUsd)",
+    "RootStatus": "max(RootStatusCode)",
+    "Svcs": "groupUniqArrayArray(Services)",
+    "Mdls": "groupUniqArrayArray(Models)",
+    "TraceUser": "max(UserId)",
+    "TraceTenant": "max(TenantId)",
+}
+
+
 def _none_if_empty(value: str) -> str | None:
     return value if value else None
 
@@ -520,6 +533,17 @@ class TraceQueries:
             c_start, c_tid = decode_cursor(cursor)
             params["c_start"], params["c_tid"] = c_start, c_tid
             having.append("(StartNs < {c_start:Int64} OR (StartNs = {c_start:Int64} AND TraceId < {c_tid:String}))")
+        where = _and_where(_and_where(self._candidates(candidates), tenant_rows), session_filter)
+        # Two phases: the page's trace ids first, aggregating only what HAVING and ORDER BY need, then
+        # the full summaries of those ids (on 1 M spans the full aggregation of every trace dominated).
+        having_sql = " AND ".join(having)
+        needed = ", ".join(f"{expr} AS {alias}" for alias, expr in _PAGE_KEYS.items()
+                           if alias == "StartNs" or re.search(rf"\b{alias}\b", having_sql))
+        page_ids = (
+            f"TraceId IN (SELECT TraceId FROM (SELECT TraceId, {needed} FROM {self.summary_table} {where} "
+            f"GROUP BY TraceId HAVING {having_sql} ORDER BY StartNs DESC, TraceId DESC "
+            "LIMIT {limit:UInt32} OFFSET {offset:UInt64}))"
+        )
         sql = f"""
 SELECT TraceId,
     toUnixTimestamp64Nano(min(Start)) AS StartNs,
@@ -532,11 +556,11 @@ SELECT TraceId,
     max(Feature) AS TraceFeature, max(UserId) AS TraceUser, max(TenantId) AS TraceTenant,
     max(SessionId) AS TraceSession
 FROM {self.summary_table}
-{_and_where(_and_where(self._candidates(candidates), tenant_rows), session_filter)}
+{_and_where(where, page_ids)}
 GROUP BY TraceId
-HAVING {" AND ".join(having)}
+HAVING {having_sql}
 ORDER BY StartNs DESC, TraceId DESC
-LIMIT {{limit:UInt32}} OFFSET {{offset:UInt64}}"""
+LIMIT {{limit:UInt32}}"""
         rows = await self._query(sql, params)
         traces = []
         for r in rows[:limit]:

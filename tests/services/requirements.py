@@ -20,6 +20,7 @@ DEBIAN_PACKAGES = {
     "prometheus": "prometheus",
     "promtool": "prometheus",
     "openssl": "openssl",
+    "chromium": "chromium",  # tests/test_ui_browser.py, driven by the playwright package
 }
 
 MISSING_PREFIX = "missing dependency:"
@@ -41,6 +42,19 @@ def require_binary(binary: str) -> str:
     if path is not None:
         return path
     reason = missing_reason(binary)
+    if in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def require_module(module: str, package: str | None = None) -> None:
+    """Import check for a Python package of the test extra; skips (fails under CI) when missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return
+    reason = (f"{MISSING_PREFIX} the Python package {package or module} is not installed; run `bash tests/run`, "
+              f"or `pip install -e '.[test]'`")
     if in_ci():
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
