@@ -92,10 +92,11 @@ def test_sigterm_while_joining_and_mid_stream_exits_and_loses_nothing(kafka: Run
     wait_for(lambda: _stored(wa) > 0, 90, "worker A to store spans")
     # B joins the group (a rebalance for A too) and gets SIGTERM before it was ever assigned partitions.
     wb = start_role("worker", cfg, env_b, tmp_path / "wb.log", wait_ready=False)
-    wait_for(lambda: "tracepipe worker running" in wb.log(), 90, "worker B to start joining the group", interval=0.05)
+    wait_for(lambda: "joining consumer group" in wb.log(), 90, "worker B to start joining the group", interval=0.05)
     rc_b, secs_b = _sigterm(wb)
     print(f"\n[sigterm] worker B, during its group join: exit {rc_b} after {secs_b:.1f}s")
     assert rc_b == 0, wb.log()[-3000:]
+    assert "shutting down while starting" in wb.log(), "SIGTERM was meant to reach B during its join"
     # A, in the rebalance B's join and leave caused, with batches flowing: SIGTERM mid-stream.
     before = _stored(wa)
     wait_for(lambda: _stored(wa) > before, 60, "worker A to store more spans")

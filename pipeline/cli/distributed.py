@@ -70,7 +70,10 @@ def worker(config_path: str | None, data_dir: str | None, api: str | None, metri
 
     A faust-streaming app in the consumer group `transport.kafka.group_id`; offsets are
     committed only after every sink acknowledged. Start more to scale (up to one per
-    partition).
+    partition). Set TRACEPIPE_GROUP_INSTANCE_ID (shipped config) to a stable, unique id per
+    worker for static group membership: a restart resumes its partitions without waiting
+    for the old member's session timeout.
+    SIGTERM/SIGINT stop it within transport.kafka.stop_timeout, also while it joins the group.
     """
     cfg = _load(config_path, "worker", data_dir=data_dir, api=api, metrics=metrics)
     setup_logging(log_level or cfg.service.log.level, log_format or cfg.service.log.format)

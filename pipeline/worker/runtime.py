@@ -12,7 +12,9 @@ partition's offset range `topic/partition/first-last`):
    batch id as deduplication token, other sinks are idempotent per batch id);
 4. derived events sent for the batch are acknowledged by Kafka;
 5. only then is the batch's last offset + 1 committed, by the worker itself (Faust's own
-   commits never cover the span topic, see `pipeline.worker.app`).
+   commits never cover the span topic, see `pipeline.worker.app`), but never past the first
+   offset of the oldest batch whose spans a processor still holds (`held_batches()`, tail
+   sampling): those are committed after a tick released them, and a crash re-reads them.
 
 A crash anywhere before 5 redelivers the batch, cut the same way, with the same id.
 
@@ -29,6 +31,10 @@ A rebalance stops the fetcher and waits for every unacked message (Faust's
 `stream_wait_empty`), so held messages are let go, uncommitted, as soon as the flow stops:
 the partition's next owner (often this worker again) gets them from the committed offset.
 Without that the rebalance and the held range would wait for each other.
+
+Stopping (SIGTERM) takes at most `transport.kafka.stop_timeout`: the batch in flight finishes,
+processors flush unless their held spans are protected by uncommitted offsets, the consumer
+stops. Faust internals used here are in `pipeline.worker.faust_compat`.
 """
 
 from __future__ import annotations
@@ -538,6 +544,7 @@ class WorkerRuntime:
                 continue
             if tp not in assigned:
                 self._next.pop(tp, None)  # found again from the committed offset if it comes back
+                self._committed.pop(tp, None)
                 with contextlib.suppress(KeyError):
                     self.telemetry.kafka_consumer_lag.remove(tp.topic, str(tp.partition))
                 continue
