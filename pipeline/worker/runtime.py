@@ -54,6 +54,7 @@ from pipeline.auth.setup import listener_auth_factory
 from pipeline.builder import build_chain
 from pipeline.chain import Chain
 from pipeline.config import Config
+from pipeline.dead_letter.kafka import KafkaDeadLetterPublisher
 from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.otlp.decode import decode_request
 from pipeline.otlp.validate import sanitize
@@ -138,6 +139,8 @@ class WorkerRuntime:
             self.state = FaustStateStore(self.app, n_partitions)
             self.cuts = self.app.Table(CUTS_TABLE, partitions=n_partitions, key_type=str, value_type=None)
             self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, extras=self.extras)
+            # Spans a sink or processor refuses for good go to the dead-letter topic (pipeline/poison.py).
+            self.chain.dead_letter = await KafkaDeadLetterPublisher.start_new(k)
             add_span_agent(self.app, self)
             self.app.on_partitions_assigned.connect(self._on_assigned)
             await self.chain.start()
@@ -209,6 +212,9 @@ class WorkerRuntime:
         t_app = time.monotonic() - t0 - t_batch
         if self.chain is not None:
             await self.chain.close()
+            if self.chain.dead_letter is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.chain.dead_letter.close(), left(1.0))
         if self.alerts is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.alerts.close(), left(1.0))
