@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.chain import Chain, PipelineRun
 from pipeline.component import ComponentContext, Processor, Sink
 from pipeline.config import Config
+from pipeline.services import Services
 from pipeline.state import MemoryStateStore, StateStore
 from pipeline.telemetry import Telemetry
 
@@ -25,7 +26,7 @@ def build_chain(
     *,
     state: StateStore | None = None,
     emit_event: EventEmitter | None = None,
-    extras: dict[str, Any] | None = None,
+    services: Services | None = None,
 ) -> Chain:
     from processors import PROCESSOR_FACTORIES
     from sinks import SINK_FACTORIES
@@ -41,7 +42,7 @@ def build_chain(
             data_dir=data_dir,
             logger=logging.getLogger(f"tracepipe.{component_id}"),
             emit_event=emit_event,
-            extras=extras if extras is not None else {},
+            services=services if services is not None else Services(),
         )
 
     used_sinks: list[str] = []

@@ -22,8 +22,15 @@ from pydantic import BaseModel, ConfigDict
 from pipeline.spans import SpanBatch
 
 if TYPE_CHECKING:
+    from pipeline.services import Services
     from pipeline.state import StateStore
     from pipeline.telemetry import Telemetry
+
+
+def _services() -> Services:
+    from pipeline.services import Services  # pipeline.services imports nothing of tracepipe at run time
+
+    return Services()
 
 
 class ComponentConfig(BaseModel):
@@ -47,7 +54,8 @@ class ComponentContext:
     # Derived events (alerts) leave through here: an in-process channel (embedded) or
     # the alerts topic (distributed). None until a runtime wires it.
     emit_event: Callable[[str, dict[str, Any]], None] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    # The process's shared services (budget store, clocks, ...): pipeline/services.py.
+    services: Services = field(default_factory=lambda: _services())
 
 
 @runtime_checkable

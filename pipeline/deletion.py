@@ -12,7 +12,7 @@ each an async callable returning how many rows it removed (per table or kind). T
   trace id is removed from `example_trace_ids`;
 - `dead_letters` (pipeline/dead_letter/forget.py): the spans it names inside the embedded
   dead-letter store's entries (`<data_dir>/dead-letter/dead-letter.sqlite`);
-- anything listed in `STORE_MODULES`: each module exposes `forget_hook(config, extras)` returning
+- anything listed in `STORE_MODULES`: each module exposes `forget_hook(config, services)` returning
   `(name, hook)` or None. A store added by another area adds one line there and is then asked
   on every forget.
 
@@ -26,6 +26,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from pipeline.services import Services
 
 log = logging.getLogger("tracepipe.deletion")
 
@@ -90,18 +92,18 @@ class Forgetter:
         return result
 
 
-# Modules with `forget_hook(config, extras) -> (name, hook) | None`: one line per store.
+# Modules with `forget_hook(config, services) -> (name, hook) | None`: one line per store.
 STORE_MODULES: list[str] = [
     "pipeline.budgets.forget",
     "pipeline.dead_letter.forget",
 ]
 
 
-def store_hooks(config: Any, extras: dict[str, Any]) -> list[tuple[str, ForgetHook]]:
+def store_hooks(config: Any, services: Services) -> list[tuple[str, ForgetHook]]:
     """The hooks of the stores in STORE_MODULES that this config has."""
     hooks = []
     for module_name in STORE_MODULES:
-        hook = importlib.import_module(module_name).forget_hook(config, extras)
+        hook = importlib.import_module(module_name).forget_hook(config, services)
         if hook is not None:
             hooks.append(hook)
     return hooks
@@ -129,14 +131,14 @@ def alerts_hook(store: Any) -> ForgetHook:
     return hook
 
 
-def build_forgetter(queries: Any, extras: dict[str, Any]) -> Forgetter:
-    """The forgetter of a process: its trace store, the extras' stores (`extras["forget_hooks"]`,
-    set up by runtime_support.build_extras) and its alert store."""
+def build_forgetter(queries: Any, services: Services) -> Forgetter:
+    """The forgetter of a process: its trace store, the services' stores (`services.forget_hooks`,
+    set up by runtime_support.build_services) and its alert store."""
     f = Forgetter()
     if queries is not None:
         f.register("clickhouse", queries.forget)
-    for name, hook in extras.get("forget_hooks", []):
+    for name, hook in services.forget_hooks:
         f.register(name, hook)
-    if extras.get("alerts") is not None:
-        f.register("alerts", alerts_hook(extras["alerts"]))
+    if services.alerts is not None:
+        f.register("alerts", alerts_hook(services.alerts))
     return f

@@ -29,6 +29,7 @@ from pipeline.config import Config
 from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.otlp.decode import decode_request
 from pipeline.runtime_health import RuntimeHealth
+from pipeline.services import Services
 from pipeline.spans import Span, SpanBatch
 from pipeline.state import MemoryStateStore
 from pipeline.telemetry import Telemetry
@@ -65,7 +66,7 @@ class EmbeddedRuntime:
             config.transport.memory.capacity_spans, self.telemetry, wal=build_wal(config, self.telemetry)
         )
         self.state = MemoryStateStore()
-        self.extras: dict[str, Any] = {}
+        self.services = Services()
         self.alerts: Any = None
         self.chain: Chain | None = None
         self.receivers: list[Any] = []
@@ -89,15 +90,17 @@ class EmbeddedRuntime:
     async def start(self) -> Endpoints:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        from pipeline.runtime_support import build_alerts, build_extras, open_queries
+        from pipeline.runtime_support import build_alerts, build_services, open_queries
 
         self.alerts = await build_alerts(cfg, self.telemetry, publishers=[], persist=True)
         emit = self.alerts.emit if self.alerts is not None else None
-        self.extras = await build_extras(cfg, self.telemetry)
-        self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, extras=self.extras)
+        self.services = await build_services(cfg, self.telemetry)
+        if self.alerts is not None:
+            self.services.alerts = self.alerts.store
+        self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, services=self.services)
         from pipeline.dead_letter.service import attach_local_store
 
-        attach_local_store(self.chain, cfg.data_dir, self.extras)
+        attach_local_store(self.chain, cfg.data_dir, self.services)
         await self.chain.start()
         try:
             replayed = self.transport.load_replay()
@@ -138,7 +141,7 @@ class EmbeddedRuntime:
             queries=self.queries,
             liveness=liveness,
             readiness=readiness,
-            extras={**self.extras, **({"alerts": self.alerts.store} if self.alerts is not None else {})},
+            services=self.services,
         )
         for kind, where in (await start_service_servers(svc, api_ctx, self.telemetry, self.servers,
             listener_auth_factory(self.config, self.telemetry))).items():
@@ -187,9 +190,9 @@ class EmbeddedRuntime:
         if self.alerts is not None:
             with contextlib.suppress(Exception):
                 await self.alerts.close()
-        from pipeline.runtime_support import close_extras_and_queries
+        from pipeline.runtime_support import close_services_and_queries
 
-        await close_extras_and_queries(self.extras, self.queries)
+        await close_services_and_queries(self.services, self.queries)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.stop()

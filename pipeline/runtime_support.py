@@ -1,4 +1,4 @@
-"""Wiring shared by the runtimes: the query layer, the alert path and area extras."""
+"""Wiring shared by the runtimes: the query layer, the alert path and the shared services."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.chain import Chain
 from pipeline.config import Config
+from pipeline.services import Services
 from pipeline.telemetry import Telemetry
 
 
@@ -57,34 +58,32 @@ async def build_alerts(config: Config, telemetry: Telemetry, publishers: list[An
     return Alerts(router)
 
 
-async def build_extras(config: Config, telemetry: Telemetry) -> dict[str, Any]:
-    """Shared objects that sinks and API routes find in `extras` (e.g. the budget store).
-    Async closers to run after the chain closed are listed under "_closers"."""
-    extras: dict[str, Any] = {"_closers": []}
+async def build_services(config: Config, telemetry: Telemetry) -> Services:
+    """The shared services this config needs (pipeline/services.py): budget store, forget hooks,
+    audit log; each adds its closer."""
+    services = Services()
     from pipeline.budgets.registry import build_budget_store
 
     budgets = build_budget_store(config)
     if budgets is not None:
         await budgets.start()
-        extras["budgets"] = budgets
-        extras["_closers"].append(budgets.close)
+        services.budgets = budgets
+        services.closers.append(budgets.close)
     from pipeline.deletion import store_hooks
 
-    extras["forget_hooks"] = store_hooks(config, extras)  # see pipeline/deletion.py
+    services.forget_hooks = store_hooks(config, services)  # see pipeline/deletion.py
     if config.service.audit.enabled:
         from pipeline.audit import AuditLog
 
-        extras["audit"] = AuditLog.from_config(config.service.audit, config.data_dir)
-        extras["_closers"].append(extras["audit"].close)
-    return extras
+        services.audit = AuditLog.from_config(config.service.audit, config.data_dir)
+        services.closers.append(services.audit.close)
+    return services
 
 
-async def close_extras_and_queries(extras: dict[str, Any], queries: Any) -> None:
-    """At shutdown, after the chain closed: the extras' closers, then the query layer; a
+async def close_services_and_queries(services: Services, queries: Any) -> None:
+    """At shutdown, after the chain closed: the services' closers, then the query layer; a
     failure of one never keeps the others open."""
-    for closer in extras.get("_closers", []):
-        with contextlib.suppress(Exception):
-            await closer()
+    await services.close()
     if queries is not None and hasattr(queries, "close"):
         with contextlib.suppress(Exception):
             res = queries.close()

@@ -101,7 +101,7 @@ class ContextProcessor(BaseProcessor):
     ) -> None:
         super().__init__(component_id, ctx)
         self.config = config
-        self.clock = clock or ctx.extras.get("clock") or time.monotonic
+        self.clock = clock or ctx.services.clock or time.monotonic
         keys = list(CONTEXT_KEYS)
         for k in config.keys:
             if k not in keys:

@@ -182,8 +182,8 @@ class SampleProcessor(BaseProcessor):
     ) -> None:
         super().__init__(component_id, ctx)
         self.config = config
-        self.clock = clock or ctx.extras.get("clock") or time.monotonic
-        self.wall_clock = wall_clock or ctx.extras.get("wall_clock") or time.time
+        self.clock = clock or ctx.services.clock or time.monotonic
+        self.wall_clock = wall_clock or ctx.services.wall_clock or time.time
         self.threshold = probability_to_threshold(config.probability, config.precision)
         ak = config.always_keep
         self._ak_attrs = {k: frozenset(v) for k, v in ak.attributes.items()}

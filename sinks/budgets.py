@@ -89,7 +89,7 @@ class BudgetsSink(BaseSink):
     @property
     def store(self) -> BudgetStore:
         if self._store is None:
-            registry = self.ctx.extras.get("budgets")
+            registry = self.ctx.services.budgets
             shared = registry.store_for(self.component_id) if registry is not None else None
             if shared is not None:
                 self._store = shared

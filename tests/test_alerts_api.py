@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from pipeline.alerts import AlertRouter, AlertStore
 from pipeline.api import ApiContext, build_app
 from pipeline.cli import main
+from pipeline.services import Services
 from pipeline.telemetry import Telemetry
 from tests.services import free_port
 
@@ -43,8 +44,8 @@ def filled_router() -> AlertRouter:
     return router
 
 
-async def client_for(extras: dict[str, Any]) -> TestClient:
-    client = TestClient(TestServer(build_app(ApiContext(telemetry=Telemetry(), extras=extras))))
+async def client_for(services: dict[str, Any]) -> TestClient:
+    client = TestClient(TestServer(build_app(ApiContext(telemetry=Telemetry(), services=Services(**services)))))
     await client.start_server()
     return client
 

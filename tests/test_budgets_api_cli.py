@@ -16,6 +16,7 @@ from pipeline.api import ApiContext, build_app
 from pipeline.budgets.registry import build_budget_store
 from pipeline.cli.budgets import register
 from pipeline.config import load_config
+from pipeline.services import Services
 from pipeline.telemetry import Telemetry
 from sinks.budgets import BudgetsSink
 from tests.budget_helpers import batch, context, llm_span
@@ -69,7 +70,7 @@ async def _spend_and_close(tmp_path: Path, config_path: Path, registry) -> None:
 async def _spend(tmp_path: Path, config_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
     cfg = load_config(config_path)
     ctx = context(tmp_path)
-    ctx.extras["budgets"] = registry
+    ctx.services.budgets = registry
     sink = BudgetsSink("budgets", cfg.sinks["budgets"].config, ctx)
     await sink.start()
     now = time.time()  # the API and the CLI read the current periods of the real clock
@@ -89,7 +90,7 @@ async def test_api_returns_spent_limit_remaining_and_reset_for_every_period(tmp_
     registry = build_budget_store(load_config(config_path))
     assert registry is not None
     await _spend(tmp_path, config_path, registry)
-    app = build_app(ApiContext(telemetry=Telemetry(), extras={"budgets": registry}))
+    app = build_app(ApiContext(telemetry=Telemetry(), services=Services(budgets=registry)))
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/api/budgets/user/ann")
         assert resp.status == 200
@@ -125,7 +126,7 @@ async def test_api_returns_spent_limit_remaining_and_reset_for_every_period(tmp_
 async def test_api_answers_503_when_redis_is_down(tmp_path: Path) -> None:
     config_path = _config(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
     registry = build_budget_store(load_config(config_path))
-    app = build_app(ApiContext(telemetry=Telemetry(), extras={"budgets": registry}))
+    app = build_app(ApiContext(telemetry=Telemetry(), services=Services(budgets=registry)))
     async with TestClient(TestServer(app)) as client:
         resp = await client.get("/api/budgets/user/ann")
         assert resp.status == 503
@@ -182,7 +183,7 @@ async def test_guard_in_api_mode_enforces_the_embedded_local_store(tmp_path: Pat
     config_path = _config(tmp_path, "redis://unused")
     config_path.write_text(config_path.read_text().replace("    redis:\n      url: redis://unused\n", ""))
     registry = build_budget_store(load_config(config_path))
-    app = build_app(ApiContext(telemetry=Telemetry(), extras={"budgets": registry}))
+    app = build_app(ApiContext(telemetry=Telemetry(), services=Services(budgets=registry)))
     async with TestClient(TestServer(app)) as client:
         guard = BudgetGuard(api_url=str(client.make_url("")))
         assert (await guard.acheck(user="ann", tier="free")).allowed

@@ -19,6 +19,7 @@ from pipeline.component import BaseSink, ComponentContext, SinkError
 from pipeline.config import RetryConfig
 from pipeline.dead_letter.service import DeadLetterService
 from pipeline.dead_letter.store import LocalDeadLetterStore
+from pipeline.services import Services
 from pipeline.spans import Span, SpanBatch
 from pipeline.state import MemoryStateStore
 from pipeline.telemetry import Telemetry
@@ -57,7 +58,7 @@ async def _setup(tmp_path: Path) -> tuple[Gate, Chain, LocalDeadLetterStore]:
 
 async def test_api_lists_shows_and_replays_dead_letters(tmp_path: Path):
     gate, chain, store = await _setup(tmp_path)
-    ctx = ApiContext(telemetry=Telemetry(), extras={"dead_letters": DeadLetterService(store, chain)})
+    ctx = ApiContext(telemetry=Telemetry(), services=Services(dead_letters=DeadLetterService(store, chain)))
     async with TestClient(TestServer(build_app(ctx))) as client:
         listed = await (await client.get("/api/dead-letters")).json()
         assert [(e["spans"], e["reason"], e["component"], e["status"]) for e in listed["entries"]] == [

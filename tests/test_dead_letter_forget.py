@@ -11,6 +11,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pipeline.config import build_config
 from pipeline.dead_letter.forget import DEAD_LETTER_FILE, prune
 from pipeline.deletion import ForgetRequest, Forgetter, store_hooks
+from pipeline.services import Services
 from tests.otlp_support import kv, pb_span
 
 T1, T2, T3 = (n.to_bytes(16, "big") for n in (1, 2, 3))
@@ -64,7 +65,7 @@ async def test_forget_rewrites_and_deletes_entries_of_the_real_store(tmp_path: P
     config = build_config({"sinks": {"clickhouse": {}}, "service": {"data_dir": str(tmp_path),
                                                                      "pipelines": {"p": {"sinks": ["clickhouse"]}}}})
     forgetter = Forgetter()
-    for name, hook in store_hooks(config, {}):
+    for name, hook in store_hooks(config, Services()):
         forgetter.register(name, hook)
     result = await forgetter.forget(ForgetRequest("user", "u1", "acme"))
     assert result.removed["dead_letters"] == {"entries": 0, "spans": 2}

@@ -140,7 +140,7 @@ async def world(tmp_path: Path, clickhouse_dsn: str, chdb_database: str) -> Asyn
     ctx = ApiContext(
         telemetry=runtime.telemetry,
         queries=runtime.queries,
-        extras={**runtime.extras, "alerts": runtime.alerts.store},
+        services=runtime.services,
     )
     app = build_app(ctx)
     app.middlewares.append(as_principal)  # inside the audit middleware, where pipeline/http_servers.py puts auth
@@ -150,7 +150,7 @@ async def world(tmp_path: Path, clickhouse_dsn: str, chdb_database: str) -> Asyn
 
     async def stored() -> bool:
         status, body = await w.get("admin", "/api/traces", limit="100")
-        spent = runtime.extras["budgets"]
+        spent = runtime.services.budgets
         [g] = await spent.status("user", "u1", tenant="globex")
         return status == 200 and len(body["traces"]) == 5 and g.spans == 1
 

@@ -19,6 +19,7 @@ from pipeline.api import ApiContext, build_app
 from pipeline.cli import main
 from pipeline.query.render import render_cost, render_trace, render_trace_list
 from pipeline.query.term import Term, detect, ellipsize, fmt_usd, total_line
+from pipeline.services import Services
 from pipeline.telemetry import Telemetry
 from sinks.budgets import BudgetsSink
 from tests.budget_helpers import Clock, batch, context, llm_span, sink_config
@@ -242,7 +243,7 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
 
 
 async def _serve(store: AlertStore) -> TestClient:
-    client = TestClient(TestServer(build_app(ApiContext(telemetry=Telemetry(), extras={"alerts": store}))))
+    client = TestClient(TestServer(build_app(ApiContext(telemetry=Telemetry(), services=Services(alerts=store)))))
     await client.start_server()
     return client
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.services import Services
 from pipeline.telemetry import Telemetry
 
 
@@ -25,7 +26,7 @@ class ApiContext:
     # name -> callable returning (ok, detail); /healthz uses `liveness`, /readyz `readiness`.
     liveness: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
     readiness: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)  # e.g. "budgets", "alerts"
+    services: Services = field(default_factory=Services)  # budgets, alerts, audit, dead letters
 
 
 CONTEXT_KEY: web.AppKey[ApiContext] = web.AppKey("tracepipe_api_context", ApiContext)

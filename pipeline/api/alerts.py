@@ -1,7 +1,7 @@
 """GET /api/alerts: active alerts (default) or recent alert events.
 
 Query: `state=active|all` (all = recent firing and resolved events, newest first),
-`limit` (default 100, at most 1000). Reads `ApiContext.extras["alerts"]`, the
+`limit` (default 100, at most 1000). Reads `ApiContext.services.alerts`, the
 `pipeline.alerts.AlertStore` the runtime's alert router fills. A token sees the alerts of its own
 tenant only (an event's `tenant`, "default" when it has none); admin sees every tenant's.
 """
@@ -27,7 +27,7 @@ async def list_alerts(request: web.Request) -> web.Response:
     if (denied := forbidden(request, "read")) is not None:
         return denied
     only = tenant_filter(request)
-    store = request.app[CONTEXT_KEY].extras.get("alerts")
+    store = request.app[CONTEXT_KEY].services.alerts
     if store is None:
         return json_error(404, "the alert path is not enabled in this process")
     try:

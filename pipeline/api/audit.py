@@ -1,7 +1,7 @@
 """The audit trail of the API: a middleware recording every /api/ request, and GET /api/audit.
 
 Every request under /api/ (reads and deletes alike, refused ones too) is written to the process's
-`pipeline.audit.AuditLog` (`ApiContext.extras["audit"]`) once its answer is known: the caller's
+`pipeline.audit.AuditLog` (`ApiContext.services.audit`) once its answer is known: the caller's
 token id and tenant, the method, the route template (`/api/traces/{trace_id}`), its path
 parameters, the query parameters and the status. /healthz and /readyz are not recorded.
 
@@ -34,7 +34,7 @@ def _route(request: web.Request) -> str:
 
 @web.middleware
 async def audit_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    log = request.app[CONTEXT_KEY].extras.get("audit")
+    log = request.app[CONTEXT_KEY].services.audit
     if log is None or not request.path.startswith("/api/"):
         return await handler(request)
     status = 500
@@ -65,7 +65,7 @@ async def audit_middleware(request: web.Request, handler: Any) -> web.StreamResp
 async def list_audit(request: web.Request) -> web.Response:
     if (denied := forbidden(request, "admin")) is not None:
         return denied
-    log = request.app[CONTEXT_KEY].extras.get("audit")
+    log = request.app[CONTEXT_KEY].services.audit
     if log is None:
         return json_error(404, "the audit log is disabled in this process (service.audit.enabled)")
     q = request.query

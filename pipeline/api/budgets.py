@@ -13,7 +13,7 @@ counters live in the embedded pipeline's local store instead of Redis.
 Counters are per tracepipe tenant: a token reads its own tenant's counters; an admin token (and
 callers of a listener without auth: tenant "default") may name another with `?as_tenant=T`.
 
-The handlers use `ApiContext.extras["budgets"]`, a `pipeline.budgets.registry.BudgetRegistry`.
+The handlers use `ApiContext.services.budgets`, a `pipeline.budgets.registry.BudgetRegistry`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pipeline.budgets.store import StoreUnavailable
 
 
 def _registry(request: web.Request):  # type: ignore[no-untyped-def]
-    return request.app[CONTEXT_KEY].extras.get("budgets")
+    return request.app[CONTEXT_KEY].services.budgets
 
 
 async def list_budgets(request: web.Request) -> web.Response:

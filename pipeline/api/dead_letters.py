@@ -24,7 +24,7 @@ _STATUSES = {"new", "replayed", "failed_again"}
 
 
 def _service(request: web.Request) -> tuple[Any, web.Response | None]:
-    service = request.app[CONTEXT_KEY].extras.get("dead_letters")
+    service = request.app[CONTEXT_KEY].services.dead_letters
     if service is None:
         return None, json_error(503, "no dead-letter store in this process")
     return service, None

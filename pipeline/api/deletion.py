@@ -37,7 +37,7 @@ async def _forget(request: web.Request, kind: str, value: str) -> web.Response:
     except ValueError as e:
         return json_error(400, str(e))
     ctx = request.app[CONTEXT_KEY]
-    result = await build_forgetter(ctx.queries, ctx.extras).forget(req)
+    result = await build_forgetter(ctx.queries, ctx.services).forget(req)
     return web.json_response(result.to_json(), status=200 if result.ok else 500)
 
 

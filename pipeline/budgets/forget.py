@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.budgets.model import Budget, KeyLayout, decode_id
 from pipeline.deletion import ForgetHook, ForgetRequest
+from pipeline.services import Services
 
 SCAN_COUNT = 1000
 
@@ -61,8 +62,8 @@ async def forget_counters(store: Any, budgets: list[Budget], req: ForgetRequest)
     return removed
 
 
-def forget_hook(config: Any, extras: dict[str, Any]) -> tuple[str, ForgetHook] | None:
-    registry = extras.get("budgets")
+def forget_hook(config: Any, services: Services) -> tuple[str, ForgetHook] | None:
+    registry = services.budgets
     if registry is None:
         return None
 

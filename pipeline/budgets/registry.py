@@ -2,9 +2,9 @@
 
 `build_budget_store(config)` is called once by a runtime. It returns a
 `BudgetRegistry` (or None when no `budgets` sink is configured) that the runtime puts
-in both `ComponentContext.extras["budgets"]` (so each budgets sink uses the registry's
+in both `ComponentContext.services.budgets` (so each budgets sink uses the registry's
 store for its id: in embedded mode the API then reads the very counters the sink
-writes) and `ApiContext.extras["budgets"]`, and closes at shutdown.
+writes) and `ApiContext.services.budgets`, and closes at shutdown.
 """
 
 from __future__ import annotations

@@ -32,16 +32,16 @@ def _api(cfg: Config, method: str, path: str, params: dict[str, Any], api_url: s
 
 def _local_forget(cfg: Config, request: Any) -> dict[str, Any]:
     from pipeline.deletion import build_forgetter
-    from pipeline.runtime_support import build_extras, close_extras_and_queries, open_queries
+    from pipeline.runtime_support import build_services, close_services_and_queries, open_queries
     from pipeline.telemetry import Telemetry
 
     async def go() -> dict[str, Any]:
-        extras = await build_extras(cfg, Telemetry())
+        services = await build_services(cfg, Telemetry())
         queries = None
         try:
             queries = await open_queries(cfg)
-            result = await build_forgetter(queries, extras).forget(request)
-            audit = extras.get("audit")
+            result = await build_forgetter(queries, services).forget(request)
+            audit = services.audit
             if audit is not None:
                 await audit.record(
                     token_id="cli-local",
@@ -54,7 +54,7 @@ def _local_forget(cfg: Config, request: Any) -> dict[str, Any]:
                 )
             return result.to_json()
         finally:
-            await close_extras_and_queries(extras, queries)
+            await close_services_and_queries(services, queries)
 
     return asyncio.run(go())
 

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pipeline.deletion import ForgetHook, ForgetRequest
+from pipeline.services import Services
 from pipeline.tenants import DEFAULT_TENANT, TENANT_ATTRIBUTE
 
 DEAD_LETTER_FILE = Path("dead-letter") / "dead-letter.sqlite"
@@ -104,7 +105,7 @@ def forget_dead_letters(path: Path, req: ForgetRequest) -> dict[str, int]:
     return {"entries": entries, "spans": spans}
 
 
-def forget_hook(config: Any, extras: dict[str, Any]) -> tuple[str, ForgetHook] | None:
+def forget_hook(config: Any, services: Services) -> tuple[str, ForgetHook] | None:
     path = Path(config.data_dir) / DEAD_LETTER_FILE
 
     async def hook(req: ForgetRequest) -> dict[str, int]:

@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pipeline.dead_letter import DeadLetter
 from pipeline.dead_letter.store import LocalDeadLetterStore
 from pipeline.otlp.decode import decode_request
+from pipeline.services import Services
 
 MAX_LIST = 1000
 
@@ -82,11 +83,11 @@ class DeadLetterService:
                 "dead_lettered_again": sum(r["dead_lettered_again"] for r in results)}
 
 
-def attach_local_store(chain: Any, data_dir: Path | str, extras: dict[str, Any]) -> LocalDeadLetterStore:
+def attach_local_store(chain: Any, data_dir: Path | str, services: Services) -> LocalDeadLetterStore:
     """Embedded wiring: the chain dead-letters into `<data_dir>/dead-letter/`, the API finds
-    the service in `extras["dead_letters"]`, and the store closes with the other extras."""
+    the service in `services.dead_letters`, and the store closes with the other services."""
     store = LocalDeadLetterStore.under(data_dir)
     chain.dead_letter = store
-    extras["dead_letters"] = DeadLetterService(store, chain)
-    extras.setdefault("_closers", []).append(store.close)
+    services.dead_letters = DeadLetterService(store, chain)
+    services.closers.append(store.close)
     return store

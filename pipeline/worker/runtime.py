@@ -58,6 +58,7 @@ from pipeline.dead_letter.kafka import KafkaDeadLetterPublisher
 from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.otlp.decode import decode_request
 from pipeline.otlp.validate import sanitize
+from pipeline.services import Services
 from pipeline.spans import Span, SpanBatch
 from pipeline.telemetry import Telemetry
 from pipeline.transport.kafka_common import ensure_topics
@@ -90,7 +91,7 @@ class WorkerRuntime:
         self.cuts: Any = None
         self.events: KafkaEventPublisher | None = None
         self.alerts: Any = None
-        self.extras: dict[str, Any] = {}
+        self.services = Services()
         self.queries: Any = None
         self.servers: list[RunningServer] = []
         self.endpoints: dict[str, str] = {}
@@ -127,18 +128,20 @@ class WorkerRuntime:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         partitions = await ensure_topics(k, {k.topic: k.partitions, k.alerts_topic: 1})
         n_partitions = partitions[k.topic]
-        from pipeline.runtime_support import build_alerts, build_extras, open_queries
+        from pipeline.runtime_support import build_alerts, build_services, open_queries
 
         self.events = KafkaEventPublisher(k, self.telemetry)
         await self.events.start()
         try:
             self.alerts = await build_alerts(cfg, self.telemetry, publishers=[self.events])
             emit = self.alerts.emit if self.alerts is not None else self.events.emit
-            self.extras = await build_extras(cfg, self.telemetry)
+            self.services = await build_services(cfg, self.telemetry)
+            if self.alerts is not None:
+                self.services.alerts = self.alerts.store
             self.app = create_app(self, n_partitions)
             self.state = FaustStateStore(self.app, n_partitions)
             self.cuts = self.app.Table(CUTS_TABLE, partitions=n_partitions, key_type=str, value_type=None)
-            self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, extras=self.extras)
+            self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, services=self.services)
             # Spans a sink or processor refuses for good go to the dead-letter topic (pipeline/poison.py).
             self.chain.dead_letter = await KafkaDeadLetterPublisher.start_new(k)
             add_span_agent(self.app, self)
@@ -221,9 +224,9 @@ class WorkerRuntime:
         if self.events is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.events.close(), left(1.0))
-        from pipeline.runtime_support import close_extras_and_queries
+        from pipeline.runtime_support import close_services_and_queries
 
-        await close_extras_and_queries(self.extras, self.queries)
+        await close_services_and_queries(self.services, self.queries)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.stop()
@@ -241,7 +244,7 @@ class WorkerRuntime:
                 "consumer": self._consumer_status,
                 "sinks": lambda: self.chain.ready() if self.chain else (False, "not started"),
             },
-            extras={**self.extras, **({"alerts": self.alerts.store} if self.alerts is not None else {})},
+            services=self.services,
         )
         self.endpoints.update(await start_service_servers(svc, ctx, self.telemetry, self.servers,
             listener_auth_factory(self.config, self.telemetry)))
