@@ -39,6 +39,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline import semconv
 from pipeline.anomaly import baseline as bl
 from pipeline.anomaly.config import AnomalyConfig, RuleConfig
 from pipeline.anomaly.rules import Verdict, judge
@@ -73,9 +74,9 @@ SEP = "\x1f"
 TENANT_SEP = "\x1e"  # never in a tenant name (see sinks/clickhouse.py's rule) nor produced by key_function
 EVENT_KIND = "anomaly"
 
-K_COST = "gen_ai.usage.cost_usd"
-K_IN = "gen_ai.usage.input_tokens"
-K_OUT = "gen_ai.usage.output_tokens"
+K_COST = semconv.GEN_AI_COST_USD
+K_IN = semconv.GEN_AI_INPUT_TOKENS
+K_OUT = semconv.GEN_AI_OUTPUT_TOKENS
 
 # rule state: [active, hit_streak, ok_streak, last_fired_window_end_ns, firing_window_end_ns]
 R_ACTIVE, R_HITS, R_OKS, R_LAST_FIRED, R_FIRED_AT = range(5)
@@ -84,8 +85,8 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 
 _ATTRIBUTE_OF = {
-    "operation": "gen_ai.operation.name",
-    "provider": "gen_ai.provider.name",
+    "operation": semconv.GEN_AI_OPERATION,
+    "provider": semconv.GEN_AI_PROVIDER,
     "feature": "app.feature",
     "user_tier": "user.tier",
 }

@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from pipeline import semconv
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import STATUS_ERROR, Span, SpanBatch, attr_float
 from processors.sampling_math import (
@@ -67,7 +68,7 @@ from processors.sampling_math import (
 
 ATTR_PROBABILITY = "tracepipe.sampling.probability"
 ATTR_POLICY = "tracepipe.sampling.policy"
-COST_ATTR = "gen_ai.usage.cost_usd"
+COST_ATTR = semconv.GEN_AI_COST_USD
 
 
 class AlwaysKeepConfig(ComponentConfig):

@@ -85,7 +85,7 @@ class PrometheusSink(BaseSink):
             if not model and not all_spans:
                 continue
             service = guard("service", span.resource.service_name)
-            operation = operation_label(a.get("gen_ai.operation.name"))
+            operation = operation_label(a.get(semconv.GEN_AI_OPERATION))
             model_l = guard("model", str(model)) if model else "none"
             status = _STATUS.get(span.status_code, "unset")
             counts[(service, model_l, operation, status)] += 1
