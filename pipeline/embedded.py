@@ -26,9 +26,13 @@ from pipeline.auth.setup import listener_auth_factory
 from pipeline.builder import build_chain
 from pipeline.chain import Chain
 from pipeline.config import Config
+from pipeline.dead_letter.service import attach_local_store
 from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.otlp.decode import decode_request
+from pipeline.receivers import build_receivers as build_all_receivers
+from pipeline.receivers import record_endpoints
 from pipeline.runtime_health import RuntimeHealth
+from pipeline.runtime_support import build_alerts, build_services, close_services_and_queries, open_queries
 from pipeline.services import Services
 from pipeline.spans import Span, SpanBatch
 from pipeline.state import MemoryStateStore
@@ -53,9 +57,7 @@ class Endpoints:
 def build_receivers(config: Config, transport: Any, telemetry: Telemetry, logs: Any = None) -> list[Any]:
     """The receivers the config declares, bound to `transport` (through RECEIVER_FACTORIES); their
     OTLP logs go to `logs` (a LogsDestination; None: counted and dropped)."""
-    from pipeline.receivers import build_receivers as build
-
-    return build(config, transport, telemetry, logs)
+    return build_all_receivers(config, transport, telemetry, logs)
 
 
 class EmbeddedRuntime:
@@ -90,16 +92,12 @@ class EmbeddedRuntime:
     async def start(self) -> Endpoints:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        from pipeline.runtime_support import build_alerts, build_services, open_queries
-
         self.alerts = await build_alerts(cfg, self.telemetry, publishers=[], persist=True)
         emit = self.alerts.emit if self.alerts is not None else None
         self.services = await build_services(cfg, self.telemetry)
         if self.alerts is not None:
             self.services.alerts = self.alerts.store
         self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, services=self.services)
-        from pipeline.dead_letter.service import attach_local_store
-
         attach_local_store(self.chain, cfg.data_dir, self.services)
         await self.chain.start()
         try:
@@ -119,8 +117,6 @@ class EmbeddedRuntime:
         except BaseException:
             await self.stop()
             raise
-        from pipeline.receivers import record_endpoints
-
         record_endpoints(self.receivers, self.endpoints)
         return self.endpoints
 
@@ -190,8 +186,6 @@ class EmbeddedRuntime:
         if self.alerts is not None:
             with contextlib.suppress(Exception):
                 await self.alerts.close()
-        from pipeline.runtime_support import close_services_and_queries
-
         await close_services_and_queries(self.services, self.queries)
         for server in self.servers:
             with contextlib.suppress(Exception):

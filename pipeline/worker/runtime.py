@@ -58,6 +58,7 @@ from pipeline.dead_letter.kafka import KafkaDeadLetterPublisher
 from pipeline.http_servers import RunningServer, start_service_servers
 from pipeline.otlp.decode import decode_request
 from pipeline.otlp.validate import sanitize
+from pipeline.runtime_support import build_alerts, build_services, close_services_and_queries, open_queries
 from pipeline.services import Services
 from pipeline.spans import Span, SpanBatch
 from pipeline.telemetry import Telemetry
@@ -128,8 +129,6 @@ class WorkerRuntime:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         partitions = await ensure_topics(k, {k.topic: k.partitions, k.alerts_topic: 1})
         n_partitions = partitions[k.topic]
-        from pipeline.runtime_support import build_alerts, build_services, open_queries
-
         self.events = KafkaEventPublisher(k, self.telemetry)
         await self.events.start()
         try:
@@ -224,8 +223,6 @@ class WorkerRuntime:
         if self.events is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.events.close(), left(1.0))
-        from pipeline.runtime_support import close_services_and_queries
-
         await close_services_and_queries(self.services, self.queries)
         for server in self.servers:
             with contextlib.suppress(Exception):
