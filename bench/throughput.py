@@ -216,6 +216,8 @@ def wal_config(tmp: Path, fsync: str | None) -> Path:
 
 
 def wal_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
+    if rounds <= 0:
+        return
     modes: list[tuple[str, str | None]] = [("memory", None), ("batch", "batch"), ("always", "always")]
     ratios: dict[str, list[float]] = {"batch": [], "always": []}
     core_ratios: dict[str, list[float]] = {"batch": [], "always": []}
