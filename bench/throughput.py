@@ -12,7 +12,13 @@ Prints, from one run:
   default `fsync: batch` and `fsync: always`, in an order rotating per round, each as a ratio
   to the in-memory queue of the same round (absolute figures move with the machine's load; the ratios less).
 
+- per stage of the whole path: seconds spent in decode, each processor and each sink (the _sum of
+  tracepipe_decode_duration_seconds, tracepipe_processor_duration_seconds and
+  tracepipe_sink_write_duration_seconds read from /metrics before and after), per span and as a
+  share of the process CPU, so a regression shows where it comes from;
+
     python bench/throughput.py [--spans 150000] [--latency-samples 100] [--wal-rounds 2] [--wal-only]
+                               [--path-only] [--profile /tmp/run.svg] [--gc-rounds 2]
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -98,6 +106,45 @@ print(len(spans) / (time.perf_counter() - t0))
         os.unlink(f.name)
 
 
+STAGE_SUMS = (
+    ("tracepipe_decode_duration_seconds_sum", "decode (OTLP -> spans)"),
+    ("tracepipe_processor_duration_seconds_sum{", "processor "),
+    ("tracepipe_sink_write_duration_seconds_sum{", "sink "),
+)
+BATCHES = 'tracepipe_batch_spans_count{pipeline="all"}'  # batches taken off the transport
+
+
+async def stage_seconds(session: aiohttp.ClientSession, p: PipelineProcess) -> dict[str, float]:
+    """Seconds each stage has spent so far: the _sum of the decode, processor and sink
+    duration histograms on /metrics, by stage name ("processor redact", "sink clickhouse")."""
+    async with session.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as r:
+        text = await r.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(BATCHES):
+            out["batches"] = float(line.rsplit(" ", 1)[1])
+        for prefix, label in STAGE_SUMS:
+            if line.startswith(prefix):
+                name, value = line.rsplit(" ", 1)
+                if "{" in name:
+                    label += name.split('"')[1]
+                out[label] = out.get(label, 0.0) + float(value)
+    return out
+
+
+def print_stages(stages: dict[str, float], cpu_s: float, n_spans: int) -> None:
+    """Per-stage time (wall time on the worker: the stages run on the event loop, except where a
+    sink hands its write to a thread) in microseconds per span and as a share of the process CPU."""
+    stages = dict(stages)
+    batches = stages.pop("batches", 0.0)
+    if batches:
+        print(f"stage  {batches:.0f} batches taken off the queue, {n_spans / batches:,.0f} spans per batch")
+    for label, secs in sorted(stages.items(), key=lambda kv: -kv[1]):
+        print(f"stage  {label:<28} {secs:>7.2f} s  {secs * 1e6 / n_spans:>7.1f} us/span  "
+              f"{100 * secs / cpu_s:>5.1f} % of process CPU")
+    print("stage  (sink figures are wall time and include the chDB insert in its thread; stages overlap)")
+
+
 async def sent_spans(session: aiohttp.ClientSession, p: PipelineProcess) -> float:
     async with session.get(f"http://127.0.0.1:{p.metrics_port}/metrics") as r:
         text = await r.text()
@@ -145,6 +192,7 @@ async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, conc
     url = f"{p.otlp_http}/v1/traces"
     async with aiohttp.ClientSession() as session:
         base = await sent_spans(session, p)
+        stages0 = await stage_seconds(session, p)
         cpu0 = cpu_seconds(p.proc.pid)
         t0 = time.perf_counter()
         retries = await post_all(session, url, bodies, concurrency, headers)
@@ -153,8 +201,10 @@ async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, conc
             await asyncio.sleep(0.05)
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(p.proc.pid) - cpu0
+        stages1 = await stage_seconds(session, p)
+    stages = {k: v - stages0.get(k, 0.0) for k, v in stages1.items()}
     return {"wall_s": wall, "accept_s": accepted, "cpu_s": cpu, "per_core": n_spans / cpu,
-            "per_wall": n_spans / wall, "retries": retries}
+            "per_wall": n_spans / wall, "retries": retries, "stages": stages}
 
 
 def wal_config(tmp: Path, fsync: str | None) -> Path:
@@ -170,6 +220,8 @@ def wal_config(tmp: Path, fsync: str | None) -> Path:
 
 
 def wal_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
+    if rounds <= 0:
+        return
     modes: list[tuple[str, str | None]] = [("memory", None), ("batch", "batch"), ("always", "always")]
     ratios: dict[str, list[float]] = {"batch": [], "always": []}
     core_ratios: dict[str, list[float]] = {"batch": [], "always": []}
@@ -248,6 +300,31 @@ def security_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
               f"(rounds: {', '.join(f'{v:.2f}' for v in values)}); wall = {sum(wall[variant]) / len(values):.2f}")
 
 
+def gc_cost(bodies: list[bytes], n_spans: int, rounds: int) -> None:
+    """The whole path with Python's default garbage collector settings vs pipeline/gc_tuning.py
+    (TRACEPIPE_GC_TUNING=0 / 1), alternating per round, as a ratio of spans per CPU-second."""
+    ratios: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(rounds):
+            per_core: dict[str, float] = {}
+            for label in (("default", "tuned") if rnd % 2 == 0 else ("tuned", "default")):
+                os.environ["TRACEPIPE_GC_TUNING"] = "1" if label == "tuned" else "0"
+                try:
+                    p = start_pipeline(Path(tmp) / f"gc-{label}-{rnd}")
+                finally:
+                    os.environ.pop("TRACEPIPE_GC_TUNING", None)
+                try:
+                    r = asyncio.run(throughput(p, bodies, n_spans))
+                finally:
+                    p.stop()
+                per_core[label] = r["per_core"]
+                print(f"gc     round {rnd + 1} {label:<8} {r['per_core']:>10,.0f} spans/s per core "
+                      f"({r['cpu_s']:.1f} CPU s)")
+            ratios.append(per_core["tuned"] / per_core["default"])
+    print(f"ratio  gc tuned / Python defaults (spans per CPU-second) = {sum(ratios) / len(ratios):.2f}  "
+          f"(rounds: {', '.join(f'{v:.2f}' for v in ratios)})")
+
+
 async def latency(p: PipelineProcess, samples: int, background_rps: float) -> list[float]:
     """Receive-to-queryable: POST one trace, poll the API until it answers 200."""
     url = f"{p.otlp_http}/v1/traces"
@@ -281,6 +358,22 @@ async def latency(p: PipelineProcess, samples: int, background_rps: float) -> li
     return out
 
 
+def start_profile(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling the pipeline process until stop_profile (pip install py-spy)."""
+    fmt = ["--format", "raw"] if out.endswith(".txt") else []
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "-o", out, "--nonblocking", *fmt],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        spy.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -295,6 +388,13 @@ def main() -> None:
     ap.add_argument("--wal-only", action="store_true", help="only the write-ahead log cost")
     ap.add_argument("--security-rounds", type=int, default=2, help="rounds of plain / redact / redact+auth runs")
     ap.add_argument("--security-only", action="store_true", help="only the cost of default redaction and auth")
+    ap.add_argument("--gc-rounds", type=int, default=0,
+                    help="also compare Python's default GC settings with pipeline/gc_tuning.py, N rounds")
+    ap.add_argument("--path-only", action="store_true",
+                    help="only the floors and the whole path with per-stage figures (no latency, no WAL rounds)")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="record the pipeline process with py-spy during the whole-path run (FILE: .svg flame "
+                         "graph, or .txt for py-spy's raw collapsed stacks)")
     args = ap.parse_args()
 
     n_requests = max(1, args.spans // (TRACES_PER_REQUEST * 3))
@@ -317,9 +417,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         p = start_pipeline(Path(tmp) / "data")
         try:
-            r = asyncio.run(throughput(p, bodies, n_spans))
+            spy = start_profile(p.proc.pid, args.profile) if args.profile else None
+            try:
+                r = asyncio.run(throughput(p, bodies, n_spans))
+            finally:
+                if spy is not None:
+                    stop_profile(spy)
             print(f"path   OTLP/HTTP -> chain -> chDB  {r['per_core']:>10,.0f} spans/s per core "
                   f"({r['cpu_s']:.1f} CPU s),  {r['per_wall']:,.0f} spans/s wall, {r['retries']} retried requests")
+            print_stages(r["stages"], r["cpu_s"], n_spans)
+            if args.path_only:
+                print(f"ratio  path per core / chDB insert floor = {r['per_core'] / floors['chDB insert_arrow']:.2f}")
+                if args.gc_rounds:
+                    gc_cost(bodies, n_spans, args.gc_rounds)
+                return
             lat = asyncio.run(latency(p, args.latency_samples, args.background_rps))
             print(f"latency receive->queryable  p50 {pct(lat, 0.5) * 1000:.0f} ms  p99 {pct(lat, 0.99) * 1000:.0f} ms "
                   f"({len(lat)} traces, background {args.background_rps:.0f} req/s of "
@@ -329,6 +440,8 @@ def main() -> None:
             p.stop()
     print(f"ratio  path per core / decode floor = {r['per_core'] / floors['OTLP -> Span decode']:.2f}, "
           f"path per core / chDB insert floor = {r['per_core'] / floors['chDB insert_arrow']:.2f}")
+    if args.gc_rounds:
+        gc_cost(bodies, n_spans, args.gc_rounds)
     wal_cost(bodies, n_spans, args.wal_rounds)
     security_cost(bodies, n_spans, args.security_rounds)
 

@@ -228,8 +228,10 @@ class EmbeddedRuntime:
         try:
             await self.transport.persist_taken()
             spans: list[Span] = []
+            t0 = time.perf_counter()
             for item in taken.items:
                 spans.extend(decode_request(item.request))
+            self.telemetry.decode_duration.observe(time.perf_counter() - t0)
             batch = SpanBatch(spans=spans, batch_id=taken.batch_id,
                               meta={"received_at": taken.oldest_enqueued_at, "taken_at": time.monotonic()})
             self.telemetry.batch_spans.labels("all").observe(len(spans))

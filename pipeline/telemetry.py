@@ -270,6 +270,10 @@ class Telemetry:
             ["pipeline"], buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
             namespace=ns, registry=r,
         )
+        self.decode_duration = Histogram(
+            "decode_duration_seconds", "Time the worker spent turning one batch's OTLP requests into spans.",
+            buckets=INTERNAL_BUCKETS, namespace=ns, registry=r,
+        )
         self.pipeline_spans = Counter(
             "pipeline_spans", "Spans that completed a pipeline (every sink acknowledged).",
             ["pipeline"], namespace=ns, registry=r,

@@ -685,6 +685,9 @@ class ClickHouseSink(BaseSink):
         sink stays not-ready and connects on the next write (which fails retryably until then).
         StoreLockedError (another process holds the chDB directory), bad credentials and the
         like propagate: their message tells the user what to fix."""
+        # pyarrow imports pandas on its first conversion of a Python list (about a second of
+        # CPU, holding the GIL): pay it here rather than on the first batch.
+        await asyncio.get_running_loop().run_in_executor(self._encoder, spans_to_arrow, [])
         try:
             await self._connect()
         except Exception as e:

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from pipeline import semconv
 from pipeline.component import BaseSink, ComponentConfig, ComponentContext, Factory
+from pipeline.logs import safe_value
 from pipeline.spans import STATUS_ERROR, STATUS_OK, SpanBatch
 
 _TOKEN_KEYS = (
@@ -69,6 +70,11 @@ class PrometheusSink(BaseSink):
     def __init__(self, component_id: str, cfg: PrometheusSinkConfig, ctx: ComponentContext) -> None:
         super().__init__(component_id, ctx)
         self.cfg = cfg
+
+    async def start(self) -> None:
+        # The label guard redacts each new label value with the built-in rules; their engine is
+        # compiled on first use (about half a second): compile it here, not on the first batch.
+        safe_value("")
 
     async def write(self, batch: SpanBatch) -> None:
         t = self.ctx.telemetry

@@ -14,6 +14,7 @@ import click
 
 from pipeline.cli.options import config_options, endpoint_options, load_or_exit
 from pipeline.config import Config
+from pipeline.gc_tuning import tune_gc
 from pipeline.logs import setup_logging
 from pipeline.memory import tune_allocator
 
@@ -121,6 +122,7 @@ async def _serve(cfg: Config, role: str) -> None:
     except Exception as e:
         log.error("tracepipe %s failed to start: %s", role, e)
         raise SystemExit(1) from None
+    tune_gc()  # fewer cyclic collections on the hot path (pipeline/gc_tuning.py)
     logs_consumer: Any = None
     if role == "worker":  # OTLP logs from the receivers: otlp_logs -> redact -> otel_logs
         from pipeline.logs_consumer import start_logs_consumer
