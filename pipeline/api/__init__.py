@@ -65,4 +65,5 @@ _OPTIONAL_ROUTE_MODULES: list[str] = [
     "alerts",
     "dead_letters",
     "sessions",
+    "scores",
 ]
