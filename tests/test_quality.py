@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -294,3 +295,101 @@ def test_spans_without_content_pass_untouched() -> None:
     assert plain.attributes == {"http.method": "GET"}
     assert "quality.prompt_fingerprint" not in no_answer.attributes
     p.close()
+
+
+def _otlp(spans: list[Span]) -> dict[str, Any]:
+    out = []
+    for sp in spans:
+        attrs = [{"key": k, "value": {"stringValue": v}} for k, v in sp.attributes.items() if isinstance(v, str)]
+        out.append(
+            {
+                "traceId": sp.trace_id,
+                "spanId": sp.span_id,
+                "name": sp.name,
+                "kind": 3,
+                "startTimeUnixNano": str(sp.start_ns),
+                "endTimeUnixNano": str(sp.end_ns),
+                "attributes": attrs,
+            }
+        )
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "support-bot"}}]}
+    return {"resourceSpans": [{"resource": resource, "scopeSpans": [{"scope": {"name": "t"}, "spans": out}]}]}
+
+
+def test_quality_drop_fires_and_resolves_through_the_alert_path_of_tracepipe_run(
+    stream: tuple[Stream, FakeOpenAI], tmp_path: Path
+) -> None:
+    from tests.pipeline_proc import start_pipeline
+
+    s, server = stream
+    config = tmp_path / "tracepipe.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "processors": {"quality": {"sample_rate": 1.0, "window": 10}},
+                "sinks": {"clickhouse": {}},
+                "service": {
+                    "batch": {"timeout": 0.05},
+                    "pipelines": {"traces": {"processors": ["quality"], "sinks": ["clickhouse"]}},
+                },
+            }
+        )
+    )
+    p = start_pipeline(tmp_path / "data", "-c", str(config))
+
+    def metric(name: str, **labels: str) -> float:
+        want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+        for line in p.metrics().splitlines():
+            if line.startswith(name + want):
+                return float(line.split()[-1])
+        return 0.0
+
+    def send(spans: list[Span], scored_before: float) -> float:
+        """Post the spans, then wait until the pool scored every changed answer among them."""
+        for i in range(0, len(spans), 10):
+            status, _ = _post(p.otlp_http + "/v1/traces", _otlp(spans[i : i + 10]))
+            assert status == 200
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            seen = sum(
+                metric("tracepipe_quality_spans_total", processor="quality", result=r)
+                for r in ("baseline", "exact", "changed")
+            )
+            pending = metric("tracepipe_quality_pending_scores", processor="quality")
+            if seen >= scored_before + len(spans) and pending == 0:
+                return seen
+            time.sleep(0.1)
+        raise AssertionError(p.log())
+
+    def alerts() -> list[dict[str, Any]]:
+        status, body = p.get("/api/alerts?state=all")
+        assert status == 200, body
+        return [a for a in body["alerts"] if a["rule"] == "quality_drop"]
+
+    try:
+        seen = send(s.spans(server, 30), 0)
+        s.mode = "drifted"
+        seen = send(s.spans(server, 30), seen)
+        deadline = time.monotonic() + 60
+        while not alerts() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        s.mode = "stable"
+        send(s.spans(server, 30), seen)
+        deadline = time.monotonic() + 60
+        while len(alerts()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [a["state"] for a in reversed(alerts())] == ["firing", "resolved"]
+        assert "Quality Drop Detected" in alerts()[-1]["summary"]
+        assert p.get("/api/alerts")[1]["active_count"] == 0
+    finally:
+        assert p.stop() == 0, p.log()
+
+
+def _post(url: str, body: Any) -> tuple[int, Any]:
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, r.read()
