@@ -37,6 +37,7 @@ the table: their results are applied by `process()`, as a Faust table requires.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 import time
@@ -101,7 +102,9 @@ class QualityConfig(ComponentConfig):
     model_threads: int = Field(1, ge=1, le=64, description="Torch intra-op threads of the model.")
     max_pending: int = Field(1000, ge=1, description="Answers queued for embedding at most; more are not scored.")
     baseline_size: int = Field(3, ge=1, le=32, description="Distinct answers per prompt kept as its baseline.")
-    max_prompts: int = Field(100_000, ge=1, description="Prompt fingerprints tracked at most (state size bound).")
+    max_prompts: int = Field(
+        10_000, ge=1, description="Prompt fingerprints tracked at most (state: ~3.5 KB per prompt at baseline_size 3)."
+    )
     prompt_keys: list[str] = Field(
         default_factory=lambda: ["gen_ai.prompt.name", "gen_ai.prompt.version"],
         description="Span attributes (prompt template, version) that key the prompt fingerprint when present.",
@@ -119,6 +122,15 @@ class QualityConfig(ComponentConfig):
         description="warmup_windows, min_std_ratio, freeze_during_alert (horizon unused).",
     )
     rules: list[QualityRuleConfig] = Field(default_factory=_default_rules, description="Quality alert rules.")
+
+
+def pack(vector: np.ndarray) -> str:
+    """An embedding as state data: float16 bytes in base64 (1 KB for 384 dimensions)."""
+    return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode("ascii")
+
+
+def unpack(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32)
 
 
 def _sampled(trace_id: str, rate: float) -> bool:
@@ -171,9 +183,9 @@ class QualityProcessor(BaseProcessor):
         self.embedder = embedder or Embedder(threads=config.model_threads, max_chars=config.max_chars)
         self._getters = [_getter(d) for d in config.group_by]
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"quality-{component_id}")
-        self._done: deque[tuple[_Job, dict[str, list[float]] | None, float | None]] = deque()
+        self._done: deque[tuple[_Job, dict[str, str] | None, float | None]] = deque()
         self._inflight = 0  # queued + being embedded
-        self._queue: deque[tuple[_Job, list[str], dict[str, list[float]]]] = deque()
+        self._queue: deque[tuple[_Job, list[str], dict[str, str]]] = deque()
         self._draining = 0  # pool threads running _drain
         self._cv = threading.Condition()
         self._texts: dict[str, str] = {}  # baseline answers not yet embedded (this process only), bounded
@@ -297,7 +309,7 @@ class QualityProcessor(BaseProcessor):
                 self._cv.notify_all()
             self._m_pending.dec(len(jobs))
 
-    def _score(self, jobs: list[tuple[_Job, list[str], dict[str, list[float]]]]) -> list[Any]:
+    def _score(self, jobs: list[tuple[_Job, list[str], dict[str, str]]]) -> list[Any]:
         texts: list[str] = []
         for job, _, _ in jobs:
             texts.extend(job.texts.values())
@@ -312,9 +324,9 @@ class QualityProcessor(BaseProcessor):
             new = {h: vecs[i + k] for k, h in enumerate(job.texts)}
             i += len(job.texts)
             answer = new.pop(job.rh)
-            base = [np.asarray(embeddings[h], dtype=np.float32) for h in known] + list(new.values())
+            base = [unpack(embeddings[h]) for h in known] + list(new.values())
             sim = max(similarity(answer, b) for b in base)
-            out.append((job, {h: [round(float(x), 5) for x in v] for h, v in new.items()}, sim))
+            out.append((job, {h: pack(v) for h, v in new.items()}, sim))
         return out
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
