@@ -32,7 +32,10 @@ State (`ctx.state.table("quality/<id>")`, JSON values, written back once per bat
 per prompt fingerprint (`p:<fp>`: baseline hashes and their embeddings, bounded by
 `baseline_size`; at most `max_prompts` prompts, new ones past that are not tracked) and one per
 key (`k:<key>`: the open window, rule states, baselines). The background threads never touch
-the table: their results are applied by `process()`, as a Faust table requires.
+the table: their results are applied by `process()`, as a Faust table requires; results applied
+on an idle tick (empty batch, outside stream iteration) are written with the next batch. In
+distributed mode each worker keeps the baselines of the prompts its partitions carried (as the
+anomaly processor does with its keys).
 """
 
 from __future__ import annotations
@@ -199,6 +202,7 @@ class QualityProcessor(BaseProcessor):
         self._cv = threading.Condition()
         self._texts: dict[str, str] = {}  # baseline answers not yet embedded (this process only), bounded
         self._n_prompts: int | None = None
+        self._pending: dict[str, Any] = {}  # state written on idle ticks, stored with the next batch
         self.recent: deque[dict[str, Any]] = deque(maxlen=1000)  # last scores, for stats() and the API
         m = quality_metrics(ctx.telemetry.registry)
         self._m_spans = {
@@ -237,13 +241,24 @@ class QualityProcessor(BaseProcessor):
             a["quality.response_fingerprint"] = rh
             self._observe(s, fp, rh, answer, dirty)
         self._apply_results(dirty)
+        if not batch.spans:
+            # An idle tick: a Faust table takes writes only inside stream iteration, so results
+            # applied now are written with the next batch (and read from _pending until then).
+            self._pending.update(dirty)
+            return batch
+        if self._pending:
+            dirty = {**self._pending, **dirty}
+            self._pending = {}
         for k, v in dirty.items():
             self.table[k] = v
         return batch
 
+    def _get(self, key: str, dirty: dict[str, Any]) -> Any:
+        return dirty.get(key) or self._pending.get(key) or self.table.get(key)
+
     def _observe(self, s: Span, fp: str, rh: str, answer: str, dirty: dict[str, Any]) -> None:
         pk = "p:" + fp
-        entry = dirty.get(pk) or self.table.get(pk)
+        entry = self._get(pk, dirty)
         a = s.attributes
         if entry is None:
             if (self._n_prompts or 0) >= self.config.max_prompts:
@@ -311,7 +326,10 @@ class QualityProcessor(BaseProcessor):
                     self._draining -= 1
                     return
                 jobs = [self._queue.popleft() for _ in range(min(EMBED_BATCH, len(self._queue)))]
-            results = self._score(jobs)
+            try:
+                results = self._score(jobs)
+            except BaseException:
+                results = [(job, None, None) for job, _, _ in jobs]
             with self._cv:
                 self._done.extend(results)
                 self._inflight -= len(jobs)
@@ -332,10 +350,14 @@ class QualityProcessor(BaseProcessor):
         for job, known, embeddings in jobs:
             new = {h: vecs[i + k] for k, h in enumerate(job.texts)}
             i += len(job.texts)
-            answer = new.pop(job.rh)
-            base = [unpack(embeddings[h]) for h in known] + list(new.values())
-            sim = max(similarity(answer, b) for b in base)
-            out.append((job, {h: pack(v) for h, v in new.items()}, sim))
+            try:
+                answer = new[job.rh]  # kept: an answer that joined the baseline is stored with it
+                base = [unpack(embeddings[h]) for h in known] + [v for h, v in new.items() if h != job.rh]
+                sim = max(similarity(answer, b) for b in base)
+                out.append((job, {h: pack(v) for h, v in new.items()}, sim))
+            except Exception:  # e.g. a corrupt stored embedding: this score only
+                self.ctx.logger.exception("quality: scoring failed")
+                out.append((job, None, None))
         return out
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
@@ -353,7 +375,7 @@ class QualityProcessor(BaseProcessor):
                 continue
             if new_embeddings:
                 pk = "p:" + job.fp
-                entry = dirty.get(pk) or self.table.get(pk)
+                entry = self._get(pk, dirty)
                 if entry is not None:
                     emb = dict(entry["e"])
                     for h, v in new_embeddings.items():
@@ -372,7 +394,7 @@ class QualityProcessor(BaseProcessor):
     def _add_to_window(self, job: _Job, sim: float, dirty: dict[str, Any]) -> None:
         ks = job.key if job.tenant == DEFAULT_TENANT else f"{job.tenant}\x1e{job.key}"
         kk = "k:" + ks
-        st = dirty.get(kk) or self.table.get(kk)
+        st = self._get(kk, dirty)
         st = (
             {"w": [0.0, 0, 0], "r": {}, "b": {}, "n": 0}
             if st is None

@@ -393,3 +393,21 @@ def _post(url: str, body: Any) -> tuple[int, Any]:
     )
     with urllib.request.urlopen(req, timeout=30) as r:
         return r.status, r.read()
+
+
+def test_results_applied_on_an_idle_tick_are_stored_with_the_next_batch() -> None:
+    state = MemoryStateStore()
+    p = _processor(state, window=1)
+    msgs = [{"role": "user", "content": QUESTIONS[0]}]
+    p.process(SpanBatch([_span(1, msgs, STABLE[0][0])], "b1"))
+    p.process(SpanBatch([_span(2, msgs, DRIFTED[0])], "b2"))
+    assert p.wait_idle(60)
+    p.process(SpanBatch([], "idle"))  # a Faust table refuses writes here (outside stream iteration)
+    table = state.table("quality/quality")
+    assert len(p.recent) == 1 and not any(k.startswith("k:") for k in table)
+    p.process(SpanBatch([_span(3, [{"role": "user", "content": QUESTIONS[1]}], STABLE[1][0])], "b3"))
+    windows = [v for k, v in table.items() if k.startswith("k:")]
+    assert len(windows) == 1 and windows[0]["n"] == 1  # one window of one result was evaluated
+    [prompt] = [v for k, v in table.items() if k.startswith("p:") and len(v["h"]) == 2]
+    assert set(prompt["e"]) == set(prompt["h"])  # both baseline answers' embeddings were stored with it
+    p.close()
