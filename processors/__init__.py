@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.component import Factory
-from processors import anomaly, context, cost, normalize, redact, sample
+from processors import anomaly, context, cost, normalize, quality, redact, sample
 
 PROCESSOR_FACTORIES: dict[str, Factory[Any, Any]] = {
     f.type: f
@@ -20,5 +20,6 @@ PROCESSOR_FACTORIES: dict[str, Factory[Any, Any]] = {
         redact.factory,
         sample.factory,
         anomaly.factory,
+        quality.factory,
     )
 }

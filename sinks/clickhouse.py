@@ -716,6 +716,11 @@ class ClickHouseSink(BaseSink):
                 tenant_ttl_days=self.cfg.tenant_ttl_days,
             ):
                 client.command(stmt)
+            from pipeline.query.scores import scores_schema_statements  # scores and feedback (POST /api/scores)
+
+            scores_ttl = ttl_expression("toDateTime(Timestamp)", self.cfg.ttl_days, self.cfg.tenant_ttl_days)
+            for stmt in scores_schema_statements(self.cfg.database, scores_ttl):
+                client.command(stmt)
             sync_retention(client, self.cfg)
         return client
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -14,6 +16,8 @@ CHAT_RESPONSE_MODEL = "gpt-4o-mini-2024-07-18"
 CHAT_USAGE = {"prompt_tokens": 1200, "completion_tokens": 80, "cached_tokens": 1024}
 STREAM_USAGE = {"prompt_tokens": 30, "completion_tokens": 12, "cached_tokens": 0}
 EMBED_USAGE = {"prompt_tokens": 2}
+# The non-streamed chat answer: a function of the request body (FakeOpenAI(answer=...)).
+ANSWER: web.AppKey[Callable[[dict[str, Any]], str]] = web.AppKey("answer")
 
 
 def _usage(u: dict[str, int]) -> dict[str, object]:
@@ -40,7 +44,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "Hello!"},
+                        "message": {"role": "assistant", "content": request.app[ANSWER](body)},
                         "finish_reason": "stop",
                         "logprobs": None,
                     }
@@ -87,10 +91,11 @@ async def embeddings(request: web.Request) -> web.Response:
 class FakeOpenAI:
     """Start with `await start()`, stop with `await stop()`; `base_url` has no /v1."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         app = web.Application()
+        app[ANSWER] = answer or (lambda body: "Hello!")
         app.router.add_post("/v1/chat/completions", chat)
         app.router.add_post("/v1/embeddings", embeddings)
         self._runner = web.AppRunner(app)

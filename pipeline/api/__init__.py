@@ -68,4 +68,5 @@ _OPTIONAL_ROUTE_MODULES: list[str] = [
     "sessions",
     "spend",
     "ui",
+    "scores",
 ]

@@ -27,9 +27,12 @@ ScopeOf = Callable[[web.Request], str | None]
 
 
 def api_scope(request: web.Request) -> str | None:
-    """Query API: health probes open, DELETE needs admin, everything else read."""
+    """Query API: health probes open, DELETE needs admin, POST /api/scores ingest (scores are data
+    applications send in, like spans), everything else read."""
     if request.path in OPEN_PATHS or request.path == OPEN_UI or request.path.startswith(OPEN_PREFIXES):
         return None
+    if request.method == "POST" and request.path == "/api/scores":
+        return "ingest"
     return "admin" if request.method == "DELETE" else "read"
 
 

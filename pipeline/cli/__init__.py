@@ -37,6 +37,7 @@ _COMMAND_MODULES: list[str] = [
     "dead_letter",
     "token",
     "sessions",
+    "quality",
 ]
 
 for _name in _COMMAND_MODULES:

@@ -188,7 +188,42 @@ def render_trace(trace: dict[str, Any], term: Term = PLAIN, *, waterfall: bool =
     n_logs = sum(len(s.get("logs") or []) for s in trace.get("spans") or []) + len(trace.get("logs") or [])
     if n_logs:  # GenAI log events (prompts, completions): pipeline/query/logs.py
         lines.append(f"{n_logs} log event(s) with this trace's spans: --json lists them under each span's `logs`")
+    lines.extend(render_scores(trace.get("scores") or []))
     return "\n".join(lines)
+
+
+def render_scores(scores: list[dict[str, Any]]) -> list[str]:
+    """Lines for a trace's scores (pipeline/query/scores.py): name, value, source, span, comment."""
+    if not scores:
+        return []
+    out = [f"scores ({len(scores)}):"]
+    for s in scores:
+        v = s.get("value")
+        value = f"{v:.4g}" if isinstance(v, float) else str(v)
+        span = f" span {s['span_id']}" if s.get("span_id") else ""
+        comment = f"  {s['comment'][:80]!r}" if s.get("comment") else ""
+        out.append(f"  {s['name']} = {value}  [{s['source']}]{span}{comment}")
+    return out
+
+
+def render_quality(rows: list[dict[str, Any]], by: str) -> str:
+    """The cost-versus-quality table of `tracepipe quality`."""
+    if not rows:
+        return f"no GenAI traces in this window (by {by})"
+    header = [by.upper(), "TRACES", "CALLS", "COST", "COST/TRACE", "SCORED", "MEAN SCORE"]
+    body = [
+        [
+            r.get("group") or "(none)",
+            str(r["traces"]),
+            str(r["calls"]),
+            fmt_usd(r.get("cost_usd")),
+            fmt_usd(r.get("cost_per_trace_usd")),
+            str(r["scored_traces"]),
+            "-" if r.get("mean_score") is None else f"{r['mean_score']:.3f}",
+        ]
+        for r in rows
+    ]
+    return _table(header, body, {1, 2, 3, 4, 5, 6})
 
 
 def _when(ns: int | None) -> str:

@@ -383,6 +383,16 @@ class TraceQueries:
     async def _query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._rows, sql, params)
 
+    async def run_on_client(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(client, *args)` on the query thread (writers of small tables: scores)."""
+
+        def call() -> Any:
+            if self._client is None:
+                self._client = self._client_factory()
+            return fn(self._client, *args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
     async def close(self) -> None:
         def _close() -> None:
             if self._client is not None:
@@ -439,8 +449,9 @@ class TraceQueries:
         tree = build_tree(spans)
         root = tree[0] if tree else None
         from pipeline.query.logs import attach_logs
+        from pipeline.query.scores import scores_for
 
-        return await attach_logs(
+        trace = await attach_logs(
             self,
             {
                 "trace_id": tid,
@@ -451,6 +462,20 @@ class TraceQueries:
                 "spans": spans,
             },
         )
+        trace["scores"] = await scores_for(self, tid, tenant)  # pipeline/query/scores.py
+        return trace
+
+    async def add_score(self, score: Any, tenant: str) -> dict[str, Any]:
+        from pipeline.query.scores import insert_score
+
+        return await insert_score(self, score, tenant)
+
+    async def quality_by(self, by: str = "model", name: str | None = None, since: str | None = "7d", *,
+                         tenant: str | None = None) -> list[dict[str, Any]]:
+        """Cost versus mean score per group (pipeline/query/scores.py)."""
+        from pipeline.query.scores import quality_by
+
+        return await quality_by(self, by, name, since, tenant=tenant)
 
     # --- trace lists -----------------------------------------------------------------
 

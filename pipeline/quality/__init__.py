@@ -1,0 +1,1 @@
+"""Quality monitoring support: the local sentence-embedding model and text fingerprints."""
