@@ -23,6 +23,34 @@ from pipeline.query.traces import MAX_LIMIT, MODEL_EXPR, SESSION_EXPR, TraceQuer
 
 INTERVALS = {"hour": "toStartOfHour", "day": "toStartOfDay"}
 
+
+def spend_series(rows: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of (bucket ns, traces, cost, input tokens, output tokens, calls, errors) -> the series
+    and its totals (cost None when nothing in it was priced). Shared by a user's and the tenant's
+    spend over time (pipeline/query/spend.py)."""
+    series = [
+        {
+            "start_ns": int(bucket),
+            "traces": int(traces),
+            "cost_usd": cost,
+            "input_tokens": int(in_tok),
+            "output_tokens": int(out_tok),
+            "llm_calls": int(calls),
+            "errors": int(errors),
+        }
+        for bucket, traces, cost, in_tok, out_tok, calls, errors in rows
+    ]
+    priced = [s["cost_usd"] for s in series if s["cost_usd"] is not None]
+    totals = {
+        "traces": sum(s["traces"] for s in series),
+        "cost_usd": sum(priced) if priced else None,
+        "input_tokens": sum(s["input_tokens"] for s in series),
+        "output_tokens": sum(s["output_tokens"] for s in series),
+        "llm_calls": sum(s["llm_calls"] for s in series),
+        "errors": sum(s["errors"] for s in series),
+    }
+    return series, totals
+
 # Per trace, from the span rows (typed columns only).
 _TURN_COLUMNS = f"""TraceId,
     toUnixTimestamp64Nano(min(Timestamp)) AS StartNs,
@@ -184,26 +212,6 @@ ORDER BY Bucket"""
     rows = await q._query(sql, params)
     if not rows:
         return None
-    series = [
-        {
-            "start_ns": int(bucket),
-            "traces": int(traces),
-            "cost_usd": cost,
-            "input_tokens": int(in_tok),
-            "output_tokens": int(out_tok),
-            "llm_calls": int(calls),
-            "errors": int(errors),
-        }
-        for bucket, traces, cost, in_tok, out_tok, calls, errors in rows
-    ]
-    priced = [s["cost_usd"] for s in series if s["cost_usd"] is not None]
-    totals = {
-        "traces": sum(s["traces"] for s in series),
-        "cost_usd": sum(priced) if priced else None,
-        "input_tokens": sum(s["input_tokens"] for s in series),
-        "output_tokens": sum(s["output_tokens"] for s in series),
-        "llm_calls": sum(s["llm_calls"] for s in series),
-        "errors": sum(s["errors"] for s in series),
-    }
+    series, totals = spend_series(rows)
     recent = await q.list_traces(user=user_id, since=since, limit=limit, tenant=tenant)
     return {"user_id": user_id, "interval": interval, "totals": totals, "series": series, "traces": recent["traces"]}

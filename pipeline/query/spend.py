@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.query.sessions import INTERVALS
+from pipeline.query.sessions import INTERVALS, spend_series
 from pipeline.query.traces import TraceQueries
 
 
@@ -41,25 +41,5 @@ FROM (
 GROUP BY Bucket
 ORDER BY Bucket"""
     rows = await q._query(sql, params)
-    series = [
-        {
-            "start_ns": int(bucket),
-            "traces": int(traces),
-            "cost_usd": cost,
-            "input_tokens": int(in_tok),
-            "output_tokens": int(out_tok),
-            "llm_calls": int(calls),
-            "errors": int(errors),
-        }
-        for bucket, traces, cost, in_tok, out_tok, calls, errors in rows
-    ]
-    priced = [s["cost_usd"] for s in series if s["cost_usd"] is not None]
-    totals = {
-        "traces": sum(s["traces"] for s in series),
-        "cost_usd": sum(priced) if priced else None,
-        "input_tokens": sum(s["input_tokens"] for s in series),
-        "output_tokens": sum(s["output_tokens"] for s in series),
-        "llm_calls": sum(s["llm_calls"] for s in series),
-        "errors": sum(s["errors"] for s in series),
-    }
+    series, totals = spend_series(rows)
     return {"interval": interval, "totals": totals, "series": series}
