@@ -47,6 +47,7 @@ from pydantic import Field, field_validator
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.semconv import CONTEXT_KEYS
 from pipeline.spans import Span, SpanBatch
+from processors.holding import HoldsSpans
 
 Ctx = dict[str, Any]
 
@@ -90,7 +91,7 @@ def derived_batch_id(source_ids: set[str]) -> str:
     return f"ctx-{digest}"
 
 
-class ContextProcessor(BaseProcessor):
+class ContextProcessor(HoldsSpans, BaseProcessor):
     def __init__(
         self,
         component_id: str,
@@ -309,24 +310,6 @@ class ContextProcessor(BaseProcessor):
             self._release(tid, pending, out, sources, rooted=False)
         self._gauges()
         return out
-
-    def held_batches(self) -> set[str]:
-        """Ids of the transport batches that still have spans held here.
-
-        A runtime that commits offsets after sinks acknowledge (distributed) must not commit
-        past the oldest of these, or a crash would lose held spans."""
-        out: set[str] = set()
-        for pending in self._buffer.values():
-            out |= pending.batches
-        return out
-
-    @property
-    def held_traces(self) -> int:
-        return len(self._buffer)
-
-    @property
-    def held_spans(self) -> int:
-        return self._held_spans
 
 
 factory = Factory(

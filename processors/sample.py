@@ -58,6 +58,7 @@ from pydantic import Field, model_validator
 from pipeline import semconv
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import STATUS_ERROR, Span, SpanBatch, attr_float
+from processors.holding import HoldsSpans
 from processors.sampling_math import (
     incoming_threshold,
     probability_to_threshold,
@@ -171,7 +172,7 @@ class _Decision:
         self.threshold = threshold
 
 
-class SampleProcessor(BaseProcessor):
+class SampleProcessor(HoldsSpans, BaseProcessor):
     def __init__(
         self,
         component_id: str,
@@ -458,24 +459,6 @@ class SampleProcessor(BaseProcessor):
             self._release(tid, pending, now, out)
         self._gauges()
         return out
-
-    def held_batches(self) -> set[str]:
-        """Ids of the transport batches that still have spans held here.
-
-        A runtime that commits offsets after sinks acknowledge (distributed) must not
-        commit past the oldest of these, or a crash would lose held spans."""
-        out: set[str] = set()
-        for pending in self._buffer.values():
-            out |= pending.batches
-        return out
-
-    @property
-    def held_traces(self) -> int:
-        return len(self._buffer)
-
-    @property
-    def held_spans(self) -> int:
-        return self._held_spans
 
 
 def _root_service(spans: list[Span]) -> str:
