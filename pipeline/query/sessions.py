@@ -94,6 +94,20 @@ async def list_sessions(
     if user:
         params["user"] = user
         having = "HAVING has(Users, {user:String})"
+    else:
+        # Without a user filter the page's sessions are known from the session spans alone (the most
+        # recently ended first), so only their traces are aggregated: on a busy week this is what keeps
+        # the page fast. With the context processor (shipped chains) every span of a turn carries its
+        # session, so this is the same order as the turns' ends below.
+        pick = f"""
+SELECT Sess FROM (
+    SELECT {SESSION_EXPR} AS Sess, max(addNanoseconds(Timestamp, toInt64(Duration))) AS LastEnd
+    FROM {q.spans_table} WHERE {where} GROUP BY Sess
+) ORDER BY LastEnd DESC, Sess LIMIT {{limit:UInt32}}"""
+        params["page"] = [r[0] for r in await q._query(pick, params)]
+        if not params["page"]:
+            return {"sessions": []}
+        where += f" AND ({SESSION_EXPR}) IN {{page:Array(String)}}"
     sql = f"""
 SELECT Sess, count() AS Turns, sum(Cost), sum(InTok), sum(OutTok), sum(Calls), sum(Errors),
     min(StartNs), max(EndNs), groupUniqArrayIf(TraceUser, TraceUser != '') AS Users
