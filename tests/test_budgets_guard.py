@@ -129,7 +129,8 @@ async def test_guard_with_budgets_from_config_and_unreachable_redis(tmp_path: Pa
 
 
 async def test_flask_middleware_example_answers_429_with_retry_after(env) -> None:  # type: ignore[no-untyped-def]
-    flask = pytest.importorskip("flask")
+    import flask
+
     sink, guard, _clock = env
     await sink.write(batch([llm_span(cost=0.5, user="gil", tier="free", feature="summarize")]))
 
