@@ -217,7 +217,7 @@ class Telemetry:
         )
         self.kafka_offset_gaps = Counter(
             "kafka_offset_gaps",
-            "Offsets that never arrived after several re-reads (compacted or transactional topics), gone past.",
+            "Offsets the broker deleted (log retention) before a worker processed them, gone past.",
             ["topic"], namespace=ns, registry=r,
         )
         self.worker_batches_in_flight = Gauge(

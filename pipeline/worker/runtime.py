@@ -22,9 +22,12 @@ Within a group generation the worker knows the next offset of each partition (th
 committed offset when it gets the partition, then the end of its last batch). Messages
 below it were done already and are let go; a hole above it is a message the consumer
 skipped, so the worker holds what came after it and re-reads from the hole
-(`tracepipe_kafka_rereads_total`), going past only when the hold timeout passed in
-fruitless re-reads (`tracepipe_kafka_offset_gaps_total`: compacted or transactional topics,
-which the span topic is not).
+(`tracepipe_kafka_rereads_total`). A partition whose next offset stays below the end the
+broker reports while nothing arrives (a skip at the tail, or a re-read the consumer dropped)
+is re-read from its next offset too, from the housekeeping task. The worker goes past missing
+offsets only when the broker no longer has them (below the partition's log start offset:
+retention deleted them; `tracepipe_kafka_offset_gaps_total`); otherwise it keeps re-reading
+and `/readyz` names the partition, so an acknowledged message is never skipped.
 
 Messages of a recorded range that came back incomplete are held until the rest arrives.
 A rebalance stops the fetcher and waits for every unacked message (Faust's
@@ -76,6 +79,7 @@ log = logging.getLogger("tracepipe.worker")
 CUTS_TABLE = "tracepipe-batch-cuts"
 MAX_RECORDED = 200  # most recent recorded batch ranges kept per partition
 REREAD_INTERVAL = 1.0  # seconds between re-reads of the same missing offsets
+STALL_REREAD_AFTER = 2.0  # seconds without a delivery while behind the broker's end before re-reading
 
 
 class WorkerRuntime:
@@ -104,6 +108,8 @@ class WorkerRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._next: dict[Any, tuple[int, int]] = {}  # partition -> (group generation, next offset to process)
         self._holes: dict[Any, tuple[tuple[int, int], float]] = {}  # partition -> (missing offsets, last re-read)
+        self._hole_since: dict[Any, float] = {}  # partition -> when its current hole was first seen
+        self._delivered_at: dict[Any, float] = {}  # partition -> when the consumer last delivered or we re-read
         self._last_batch = time.monotonic()
         self._started_at = time.monotonic()
         self._committed: dict[Any, int] = {}  # partition -> offset this worker last committed
@@ -264,6 +270,9 @@ class WorkerRuntime:
             self._next.pop(tp, None)  # found again from the committed offset if it comes back
             self._committed.pop(tp, None)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
+        holes = self._holes_status()
+        if holes is not None:
+            return False, holes
         return True, f"group {self.kcfg.group_id}, partitions {mine}"
 
     async def _watch_broker(self) -> None:
@@ -290,6 +299,7 @@ class WorkerRuntime:
                     log.warning("held messages of %s not completed after %.0fs; processing what came", tp,
                                 self.hold_timeout)
                     await self._handle_partition(tp, [], force=True)
+                await self._reread_stalled(now)
                 if now - self._last_batch > idle and self.chain is not None and self._last_event is not None:
                     try:
                         with self._table_context():
@@ -330,6 +340,7 @@ class WorkerRuntime:
         self._held.clear()
         self._held_since.clear()
         self._holes.clear()
+        self._hole_since.clear()
 
     def _table_context(self) -> contextlib.AbstractContextManager[None]:
         """State writes outside a batch (idle ticks, shutdown flush) go to the changelog
@@ -348,7 +359,9 @@ class WorkerRuntime:
         for ev in events:
             by_tp.setdefault(ev.message.tp, []).append(ev)
         async with self._lock:
+            now = time.monotonic()
             for tp, evs in by_tp.items():
+                self._delivered_at[tp] = now
                 self.telemetry.kafka_consumed_messages.labels(tp.topic).inc(len(evs))
                 await self._handle_partition(tp, evs)
             self._last_batch = time.monotonic()
@@ -398,13 +411,15 @@ class WorkerRuntime:
         if n < len(offsets):
             hole = (nxt + n, offsets[n] - 1)
             seen = self._holes.get(tp)
-            if force:
-                # Still missing after the hold timeout of re-reads (a compacted or transactional topic):
-                # go on past it.
+            if seen is None or seen[0] != hole:
+                self._hole_since[tp] = time.monotonic()
+            if force and await self._gone_from_broker(tp, hole):
+                # Retention deleted them before they were processed: nothing to re-read.
                 self._holes.pop(tp, None)
+                self._hole_since.pop(tp, None)
                 t.kafka_offset_gaps.labels(tp.topic).inc(hole[1] - hole[0] + 1)
-                log.warning("%s: offsets %d-%d never arrived in %.0fs of re-reads; going on without them", key,
-                            hole[0], hole[1], self.hold_timeout)
+                log.error("%s: offsets %d-%d were deleted by the broker (log retention) before this worker got "
+                          "them; going on without them", key, hole[0], hole[1])
                 n = len(offsets)
             elif seen is None or seen[0] != hole or time.monotonic() - seen[1] >= REREAD_INTERVAL:
                 # The consumer skipped a message: re-read from it before going past it (nothing after
@@ -418,6 +433,9 @@ class WorkerRuntime:
                     await self.app.consumer.seek(tp, hole[0])
         else:
             self._holes.pop(tp, None)
+            self._hole_since.pop(tp, None)
+        if n < len(offsets):
+            force = False  # a recorded range cut by a hole completes once the hole is re-read
         run = [by_offset[o] for o in offsets[:n]]
         in_table = {(int(r[0]), int(r[1])) for r in (self.cuts.get(key) or [])}
         recorded: list[Range] = sorted(in_table | set(self._local_cuts.get(key, ())))[-MAX_RECORDED:]
@@ -430,6 +448,66 @@ class WorkerRuntime:
             self._held_since[tp] = since if since is not None else time.monotonic()
         for plan in plans:
             await self._run_batch(tp, key, run[plan.start:plan.stop], plan, recorded, generation)
+
+    async def _reread_stalled(self, now: float) -> None:
+        """Re-read a partition whose next offset is below the broker's end while nothing arrives.
+
+        The consumer can skip messages around a rebalance or drop the messages of a re-read that
+        raced a fetch in flight; when nothing after them arrives, no hole shows in what it
+        delivers. Asking the broker for the end offset finds them, and a seek to the next
+        offset brings them back (what was processed already is let go on arrival)."""
+        try:
+            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == self.kcfg.topic]
+        except Exception:
+            return
+        stalled = [tp for tp in assigned if now - self._delivered_at.get(tp, self._started_at) >= STALL_REREAD_AFTER]
+        if not stalled:
+            return
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*stalled), 5)
+        except Exception:
+            return
+        generation = self.app.consumer_generation_id
+        for tp in stalled:
+            known = self._next.get(tp)
+            if known is None:  # nothing delivered yet: the group's committed offset is where to start
+                try:
+                    committed = await faust_compat.committed_offset(self.app.consumer, tp)
+                except Exception:
+                    continue
+                if committed is None:
+                    continue
+                known = self._next[tp] = (generation, int(committed))
+            end = ends.get(tp)
+            if known is None or end is None or known[1] >= int(end):
+                continue
+            self._delivered_at[tp] = now
+            self._holes.pop(tp, None)
+            self.telemetry.kafka_rereads.labels(tp.topic).inc()
+            log.info("%s/%d: next offset %d is below the broker's end %d and nothing arrived for %.0fs; "
+                     "re-reading from %d", tp.topic, tp.partition, known[1], int(end), STALL_REREAD_AFTER,
+                     known[1])
+            with contextlib.suppress(Exception):
+                await self.app.consumer.seek(tp, known[1])
+
+    async def _gone_from_broker(self, tp: Any, hole: tuple[int, int]) -> bool:
+        """Whether the broker deleted the offsets of `hole` (all below the partition's log start)."""
+        try:
+            earliest = await asyncio.wait_for(self.app.consumer.earliest_offsets(tp), 5)
+        except Exception:
+            return False
+        start = earliest.get(tp)
+        return start is not None and hole[1] < int(start)
+
+    def _holes_status(self) -> str | None:
+        """What /readyz says while offsets stay missing past the hold timeout (None: nothing to say)."""
+        now = time.monotonic()
+        late = [(tp, self._holes[tp][0], now - since) for tp, since in self._hole_since.items()
+                if tp in self._holes and now - since > self.hold_timeout]
+        if not late:
+            return None
+        return "; ".join(f"{tp.topic}/{tp.partition}: offsets {h[0]}-{h[1]} not delivered for {age:.0f}s "
+                         "(re-reading)" for tp, h, age in late)
 
     def _holders(self) -> list[Any]:
         """Processors that hold spans across batches and say from which batches (`held_batches()`)."""
