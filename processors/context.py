@@ -24,9 +24,9 @@ its root (an async child outliving the request) is resolved at once from its anc
 remembered context (its parent's, else the root's).
 
 Batch ids: released spans travel in the batch being processed. When every span passed on
-came from that batch its id is kept; otherwise the output batch's id is derived from the
-sorted ids of the source batches of its spans (`ctx-<sha256 prefix>`), so a redelivery
-cut the same way gets the same id and sinks deduplicate it.
+came from that batch its id is kept; otherwise the output is named by its sources and
+content (`ctx-<sha256 prefix>`, processors/batch_ids.py), so a redelivery that releases the
+same spans gets the same id and sinks deduplicate it, and two releases never share an id.
 
 State and delivery: held spans are per-process memory. `held_batches()` names the
 transport batches that still have spans held here: a runtime that commits offsets after
@@ -36,7 +36,6 @@ crash loses up to `decision_wait` of held spans; `flush()` releases everything (
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from pydantic import Field, field_validator
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.semconv import CONTEXT_KEYS
 from pipeline.spans import Span, SpanBatch
+from processors.batch_ids import derived_batch, source_ids
 from processors.holding import HoldsSpans
 
 Ctx = dict[str, Any]
@@ -83,12 +83,6 @@ class _Pending:
         self.deadline = deadline
         self.spans: list[Span] = []
         self.batches: set[str] = set()
-
-
-def derived_batch_id(source_ids: set[str]) -> str:
-    """The id of a batch made of spans from `source_ids`: deterministic for the same sources."""
-    digest = hashlib.sha256("\n".join(sorted(source_ids)).encode()).hexdigest()[:24]
-    return f"ctx-{digest}"
 
 
 class ContextProcessor(HoldsSpans, BaseProcessor):
@@ -141,7 +135,7 @@ class ContextProcessor(HoldsSpans, BaseProcessor):
         out: list[Span] = []
         sources: set[str] = set()
         released = self._released
-        bid = batch.batch_id
+        own_sources = source_ids(batch)
         res_ctx: dict[int, Ctx] = {}  # resource -> its context values, once per batch
         for tid, group in by_trace.items():
             pending = buffer.get(tid)
@@ -150,18 +144,18 @@ class ContextProcessor(HoldsSpans, BaseProcessor):
                 if known is not None:  # late spans of a trace whose root went through
                     self._resolve(tid, group, known, res_ctx)
                     out.extend(group)
-                    sources.add(bid)
+                    sources.update(own_sources)
                     continue
                 if tid in rooted:
                     self._resolve(tid, group, None, res_ctx)
                     out.extend(group)
-                    sources.add(bid)
+                    sources.update(own_sources)
                     continue
                 pending = buffer[tid] = _Pending(now + self.config.decision_wait)
                 pending.spans = group
             else:
                 pending.spans.extend(group)
-            pending.batches.add(bid)
+            pending.batches.update(own_sources)
             self._held_spans += len(group)
             if tid in rooted:
                 del buffer[tid]
@@ -181,9 +175,9 @@ class ContextProcessor(HoldsSpans, BaseProcessor):
             del buffer[tid]
             self._release(tid, pending, out, sources, rooted=False, res_ctx=res_ctx)
         self._gauges()
-        if not sources or sources == {bid}:
+        if not sources or sources == set(own_sources):
             return batch.with_spans(out)
-        return SpanBatch(spans=out, batch_id=derived_batch_id(sources), meta=batch.meta)
+        return derived_batch("ctx", batch, out, sources)
 
     def _release(self, tid: str, pending: _Pending, out: list[Span], sources: set[str], *, rooted: bool,
                  res_ctx: dict[int, Ctx] | None = None) -> None:

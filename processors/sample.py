@@ -37,6 +37,14 @@ follow the decision (bounded LRU of decisions). `process()` returns what was rel
 now; the runner calls it with empty batches every `service.batch.timeout` so time
 releases spans; `flush()` decides and returns everything held.
 
+Batch ids: head mode passes on a subset of the batch under the batch's id. Tail mode
+passes on spans held from earlier batches, so its output is named by its sources and
+content (`smp-<sha256 prefix>`, processors/batch_ids.py): a redelivery that releases the
+same spans from the same source batches, on whatever batch or tick, gets the same id and
+ClickHouse stores it once; a release with other content (other decisions, another
+grouping) never reuses an id. A redelivery that groups the same spans into other releases
+is stored again: only persisted buffers would make the grouping repeat exactly.
+
 State: the span buffer and decision caches are per-process memory (embedded mode).
 The daily cap counter lives in the state interface (`ctx.state.table`). In the
 distributed runtime Kafka partitions by trace id, so one worker sees a whole trace, but
@@ -58,6 +66,7 @@ from pydantic import Field, model_validator
 from pipeline import semconv
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import STATUS_ERROR, Span, SpanBatch, attr_float
+from processors.batch_ids import derived_batch, source_ids
 from processors.holding import HoldsSpans
 from processors.sampling_math import (
     incoming_threshold,
@@ -313,6 +322,8 @@ class SampleProcessor(HoldsSpans, BaseProcessor):
         out: list[Span] = []
         buffer = self._buffer
         late: dict[str, list[Span]] = {}
+        own_sources = source_ids(batch)
+        sources: set[str] = set()
         for s in batch.spans:
             tid = s.trace_id
             pending = buffer.get(tid)
@@ -322,7 +333,7 @@ class SampleProcessor(HoldsSpans, BaseProcessor):
                     late.setdefault(tid, []).append(s)
                     continue
                 pending = buffer[tid] = _Pending(now + self.config.decision_wait)
-            pending.batches.add(batch.batch_id)
+            pending.batches.update(own_sources)
             pending.spans.append(s)
             self._held_spans += 1
         for tid, group in late.items():
@@ -332,6 +343,7 @@ class SampleProcessor(HoldsSpans, BaseProcessor):
                 for s in group:
                     self._mark(s, d)
                 out.extend(group)
+                sources.update(own_sources)
             else:
                 self.ctx.telemetry.count_drop(self.component_id, f"sampled_out:{d.policy}", len(group))
         cfg = self.config
@@ -339,7 +351,7 @@ class SampleProcessor(HoldsSpans, BaseProcessor):
         while buffer and (len(buffer) > cfg.max_traces or self._held_spans > cfg.max_spans):
             tid, pending = buffer.popitem(last=False)
             early += 1
-            self._release(tid, pending, now, out)
+            self._release(tid, pending, now, out, sources)
         if early:
             self.ctx.telemetry.sampling_early_decisions.labels(self.component_id).inc(early)
         while buffer:
@@ -347,16 +359,18 @@ class SampleProcessor(HoldsSpans, BaseProcessor):
             if pending.deadline > now:
                 break
             del buffer[tid]
-            self._release(tid, pending, now, out)
+            self._release(tid, pending, now, out, sources)
         self._gauges()
-        return batch.with_spans(out)
+        if not out:
+            return batch.with_spans(out)
+        return derived_batch("smp", batch, out, sources)
 
     def _gauges(self) -> None:
         t = self.ctx.telemetry
         t.sampling_buffered_traces.labels(self.component_id).set(len(self._buffer))
         t.sampling_buffered_spans.labels(self.component_id).set(self._held_spans)
 
-    def _release(self, trace_id: str, pending: _Pending, now: float, out: list[Span]) -> None:
+    def _release(self, trace_id: str, pending: _Pending, now: float, out: list[Span], sources: set[str]) -> None:
         spans = pending.spans
         self._held_spans -= len(spans)
         d = self._decide_trace(trace_id, spans, now)
@@ -366,6 +380,7 @@ class SampleProcessor(HoldsSpans, BaseProcessor):
             for s in spans:
                 self._mark(s, d)
             out.extend(spans)
+            sources |= pending.batches
 
     def _decide_trace(self, trace_id: str, spans: list[Span], now: float) -> _Decision:
         d: _Decision | None = None
@@ -453,10 +468,11 @@ class SampleProcessor(HoldsSpans, BaseProcessor):
     def flush(self) -> list[Any]:
         """Decide every held trace now and return the kept spans (shutdown)."""
         out: list[Span] = []
+        sources: set[str] = set()
         now = self.clock()
         while self._buffer:
             tid, pending = self._buffer.popitem(last=False)
-            self._release(tid, pending, now, out)
+            self._release(tid, pending, now, out, sources)
         self._gauges()
         return out
 

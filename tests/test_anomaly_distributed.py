@@ -148,6 +148,8 @@ def test_spike_through_kafka_fires_once_on_baselines_a_killed_worker_left(kafka:
         wait_for(lambda: asyncio.run(_committed(kafka.url, group, topic)) > last, 60,
                  "the second worker to commit the rest of the stream", interval=0.5)
         alerts = [a for a in asyncio.run(_alerts(kafka.url, f"{topic}.alerts")) if a.get("rule") == "cost_spike"]
+        derived = [a for a in asyncio.run(_alerts(kafka.url, "tracepipe.events.anomaly"))
+                   if a.get("rule") == "cost_spike"]
     finally:
         assert w2.stop() == 0
 
@@ -163,3 +165,5 @@ def test_spike_through_kafka_fires_once_on_baselines_a_killed_worker_left(kafka:
     assert ev["baseline"]["windows"] > SPIKE[0] - WINDOWS_BEFORE_RESTART
     assert ev["observed"] >= ev["threshold"] == pytest.approx(ev["baseline"]["mean"] * 3)
     assert resolved[0]["fingerprint"] == ev["fingerprint"]
+    # each event is also on its kind's topic (transport.kafka.events_topic_prefix + "anomaly"), as JSON
+    assert [(a["type"], a["state"], a["id"]) for a in derived] == [("anomaly", a["state"], a["id"]) for a in alerts]

@@ -14,7 +14,8 @@ from pipeline.component import ComponentContext
 from pipeline.spans import Resource, Span, SpanBatch
 from pipeline.state import MemoryStateStore
 from pipeline.telemetry import Telemetry
-from processors.context import ContextConfig, ContextProcessor, derived_batch_id
+from processors.batch_ids import SOURCES, derived_batch_id
+from processors.context import ContextConfig, ContextProcessor
 
 T1 = "a" * 32
 T2 = "b" * 32
@@ -69,7 +70,8 @@ def test_released_spans_carry_a_batch_id_derived_from_their_source_batches() -> 
     root, mid, llm = three_levels()
     proc.process(SpanBatch([llm, mid], "b1"))
     out = proc.process(SpanBatch([root], "b2"))
-    assert out.batch_id == derived_batch_id({"b1", "b2"})
+    assert out.batch_id == derived_batch_id("ctx", {"b1", "b2"}, out.spans)
+    assert out.meta[SOURCES] == ["b1", "b2"]
     again, _ = make()
     root, mid, llm = three_levels()
     again.process(SpanBatch([llm, mid], "b1"))
@@ -87,7 +89,7 @@ def test_a_trace_whose_root_never_comes_is_released_after_the_wait_and_counted()
     assert proc.process(SpanBatch([], "tick-1")).spans == []
     clock.t += 0.2
     out = proc.process(SpanBatch([], "tick-2"))
-    assert len(out.spans) == 2 and out.batch_id == derived_batch_id({"b1"})
+    assert len(out.spans) == 2 and out.batch_id == derived_batch_id("ctx", {"b1"}, out.spans)
     assert llm.attributes["app.feature"] == "retrieve" and "user.id" not in llm.attributes
     assert metric(t, "tracepipe_context_spans_without_root_total") == 2
 

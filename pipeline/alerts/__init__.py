@@ -4,7 +4,7 @@ processor --ctx.emit_event--> AlertRouter.publish (non-blocking)
     -> AlertStore (GET /api/alerts, `tracepipe alerts`)
     -> Prometheus tracepipe_alerts_active / tracepipe_alerts_total
     -> notifiers (WebhookNotifier: Slack or JSON, retries, bounded queue)
-    -> publishers (distributed: the `tracepipe.alerts` Kafka topic)
+    -> publishers (distributed: the `tracepipe.alerts` and `tracepipe.events.<kind>` Kafka topics)
 """
 
 from __future__ import annotations

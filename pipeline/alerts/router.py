@@ -8,9 +8,10 @@ synchronous and O(1) in the number of events queued:
 - hands it to each notifier (webhooks), which queue it themselves;
 - appends it to a bounded channel that one background task drains into the
   `publishers`: extra async callables `(kind, event) -> None` (or objects with such a
-  `publish` method), such as the Kafka producer of the `tracepipe.alerts` topic in the
-  distributed runtime; they receive kind "alert". A full channel
-  drops its oldest event (counted, stage="router").
+  `publish` method), such as the Kafka event publisher of the distributed runtime
+  (pipeline/worker/events.py: the alert on `tracepipe.alerts`, the event itself on
+  `tracepipe.events.<kind>`); they receive the kind the component emitted ("anomaly").
+  A full channel drops its oldest event (counted, stage="router").
 
 Call it from the event loop's thread (processors run there in both runtimes).
 """
@@ -31,8 +32,7 @@ from pipeline.telemetry import Telemetry
 
 Publisher = Callable[[str, dict[str, Any]], Awaitable[None]]
 
-# The kind publishers receive: the Kafka event publisher sends kind "alert" to the
-# `tracepipe.alerts` topic. The source of an event is in its own "type" field ("anomaly").
+# The kind of an event that is an alert and nothing else (no derived-events topic of its own).
 ALERT_KIND = "alert"
 
 
@@ -130,7 +130,7 @@ class AlertRouter:
             if len(self._channel) >= self.queue_size:
                 self._channel.popleft()
                 t.alert_events_dropped.labels("router").inc()
-            self._channel.append((ALERT_KIND, event))
+            self._channel.append((kind, event))
             self._idle.clear()
             self._wake.set()
 

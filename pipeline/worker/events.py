@@ -1,9 +1,15 @@
-"""Derived events (alerts, ...) of the distributed worker go to their own Kafka topics.
+"""Derived events of the distributed worker (anomalies, ...) go to Kafka as JSON.
 
-`emit(kind, event)` is the chain's `emit_event`: kind "alert" goes to
-`transport.kafka.alerts_topic`, other kinds to `<events_topic_prefix><kind>`, as JSON.
-Sends are started at once; the worker awaits `drain()` before it acks a batch, so an
-event is at least once with the batch that caused it.
+Every derived event is an alert: the worker's components emit through the alert router
+(pipeline/alerts/router.py), whose publisher this is. `publish(kind, event)` sends the event
+to `transport.kafka.alerts_topic` and, when its kind is not plain "alert", also to
+`<events_topic_prefix><kind>` (`tracepipe.events.anomaly`), so consumers of one kind of
+event read that kind alone. An events topic is created (one partition, like the alerts
+topic) the first time its kind is sent, unless `create_topics` is false; then it must exist.
+
+`emit(kind, event)` is the same without a router (sends started at once); the worker awaits
+`drain()` and the router's `flush()` before it acks a batch, so an event is at least once
+with the batch that caused it.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import json
 import logging
 from typing import Any
 
+from pipeline.alerts.router import ALERT_KIND
 from pipeline.config import KafkaTransportConfig
 from pipeline.telemetry import Telemetry
-from pipeline.transport.kafka_common import client_kwargs
+from pipeline.transport.kafka_common import client_kwargs, ensure_topics
 
 log = logging.getLogger("tracepipe.worker.events")
 
@@ -26,9 +33,14 @@ class KafkaEventPublisher:
         self.telemetry = telemetry
         self._producer: Any = None
         self._pending: set[asyncio.Future[Any]] = set()
+        self._ready_topics: set[str] = {cfg.alerts_topic}  # the worker creates the alerts topic at start
+        self._topics_lock = asyncio.Lock()
 
-    def topic_for(self, kind: str) -> str:
-        return self.cfg.alerts_topic if kind in ("alert", "alerts") else f"{self.cfg.events_topic_prefix}{kind}"
+    def topics_for(self, kind: str) -> list[str]:
+        """The alerts topic, plus `<events_topic_prefix><kind>` for a kind other than "alert"."""
+        if kind in (ALERT_KIND, "alerts"):
+            return [self.cfg.alerts_topic]
+        return [self.cfg.alerts_topic, f"{self.cfg.events_topic_prefix}{kind}"]
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
@@ -47,19 +59,26 @@ class KafkaEventPublisher:
         if self._producer is None:
             log.error("event of kind %s emitted before the publisher started; dropped", kind)
             return
-        topic = self.topic_for(kind)
-        value = json.dumps(event, default=str, separators=(",", ":")).encode()
-        key = str(event.get("key") or event.get("rule") or kind).encode()
-        fut = asyncio.ensure_future(self._send(topic, key, value))
+        fut = asyncio.ensure_future(self.publish(kind, event))
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
 
     async def publish(self, kind: str, event: dict[str, Any]) -> None:
-        """Async form for alert routers: send and wait for the ack."""
-        await self._send(self.topic_for(kind), str(event.get("rule") or kind).encode(),
-                         json.dumps(event, default=str, separators=(",", ":")).encode())
+        """Send `event` to its topics and wait for the acks (raises if a send failed)."""
+        value = json.dumps(event, default=str, separators=(",", ":")).encode()
+        key = str(event.get("fingerprint") or event.get("rule") or kind).encode()  # one alert's states in order
+        results = await asyncio.gather(*(self._send(topic, key, value) for topic in self.topics_for(kind)),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     async def _send(self, topic: str, key: bytes, value: bytes) -> None:
+        if topic not in self._ready_topics:
+            async with self._topics_lock:
+                if topic not in self._ready_topics:
+                    await ensure_topics(self.cfg, {topic: 1}, timeout=self.cfg.produce_timeout)
+                    self._ready_topics.add(topic)
         await (await self._producer.send(topic, value, key=key))
         self.telemetry.kafka_events_published.labels(topic).inc()
 
