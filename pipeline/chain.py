@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pipeline.batch_ids import derived_batch_id
 from pipeline.component import Processor, Sink
 from pipeline.config import RetryConfig
 from pipeline.dead_letter import DeadLetter, DeadLetterPublisher
@@ -146,7 +147,6 @@ class Chain:
     async def flush(self) -> None:
         """Release everything processors hold (shutdown) and write it."""
         writes: list[tuple[str, str, SpanBatch]] = []
-        flush_id = f"flush-{self._tick_prefix}-{next(self._tick_seq)}"
         for pipe in self.pipelines:
             for idx, proc in enumerate(pipe.processors):
                 try:
@@ -154,8 +154,9 @@ class Chain:
                 except Exception:
                     self.log.exception("processor %s failed to flush", proc.component_id)
                     continue
-                if held:
-                    self._run_pipeline(pipe, SpanBatch(held, f"{flush_id}-{proc.component_id}"), idx + 1, writes)
+                if held:  # named by content: a flush repeated after a crash stores once (pipeline.batch_ids)
+                    flush_id = derived_batch_id(f"flush-{proc.component_id}", (), held)
+                    self._run_pipeline(pipe, SpanBatch(held, flush_id), idx + 1, writes)
         await self._publish_refused()
         await self._write_all(writes)
 

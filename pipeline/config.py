@@ -210,7 +210,9 @@ class KafkaTransportConfig(ComponentConfig):
     )
     max_batch_messages: int = Field(5_000, gt=0, description="Most Kafka messages a worker takes into one batch.")
     events_topic_prefix: str = Field(
-        "tracepipe.events.", description="Topic prefix of derived events other than alerts."
+        "tracepipe.events.",
+        description="Topic prefix of the derived events topics: each event also goes to <prefix><kind> "
+        "(anomaly, budget), besides the alert it raises on alerts_topic.",
     )
     producer_options: dict[str, Any] = Field(
         default_factory=dict, description="Extra aiokafka AIOKafkaProducer arguments for the receiver."

@@ -25,7 +25,7 @@ remembered context (its parent's, else the root's).
 
 Batch ids: released spans travel in the batch being processed. When every span passed on
 came from that batch its id is kept; otherwise the output is named by its sources and
-content (`ctx-<sha256 prefix>`, processors/batch_ids.py), so a redelivery that releases the
+content (`ctx-<sha256 prefix>`, pipeline/batch_ids.py), so a redelivery that releases the
 same spans gets the same id and sinks deduplicate it, and two releases never share an id.
 
 State and delivery: held spans are per-process memory. `held_batches()` names the
@@ -43,10 +43,10 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from pipeline.batch_ids import derived_batch, source_ids
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.semconv import CONTEXT_KEYS
 from pipeline.spans import Span, SpanBatch
-from processors.batch_ids import derived_batch, source_ids
 from processors.holding import HoldsSpans
 
 Ctx = dict[str, Any]

@@ -39,7 +39,7 @@ releases spans; `flush()` decides and returns everything held.
 
 Batch ids: head mode passes on a subset of the batch under the batch's id. Tail mode
 passes on spans held from earlier batches, so its output is named by its sources and
-content (`smp-<sha256 prefix>`, processors/batch_ids.py): a redelivery that releases the
+content (`smp-<sha256 prefix>`, pipeline/batch_ids.py): a redelivery that releases the
 same spans from the same source batches, on whatever batch or tick, gets the same id and
 ClickHouse stores it once; a release with other content (other decisions, another
 grouping) never reuses an id. A redelivery that groups the same spans into other releases
@@ -64,9 +64,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pipeline import semconv
+from pipeline.batch_ids import derived_batch, source_ids
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.spans import STATUS_ERROR, Span, SpanBatch, attr_float
-from processors.batch_ids import derived_batch, source_ids
 from processors.holding import HoldsSpans
 from processors.sampling_math import (
     incoming_threshold,

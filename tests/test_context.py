@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from pipeline.batch_ids import SOURCES, derived_batch_id
 from pipeline.component import ComponentContext
 from pipeline.spans import Resource, Span, SpanBatch
 from pipeline.state import MemoryStateStore
 from pipeline.telemetry import Telemetry
-from processors.batch_ids import SOURCES, derived_batch_id
 from processors.context import ContextConfig, ContextProcessor
 
 T1 = "a" * 32

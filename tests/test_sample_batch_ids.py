@@ -1,4 +1,4 @@
-"""Tail sampling names what it releases by its sources and content (processors/batch_ids.py):
+"""Tail sampling names what it releases by its sources and content (pipeline/batch_ids.py):
 a redelivery that releases the same spans gets the same batch id, so ClickHouse stores them
 once; other content never reuses an id, so nothing is dropped as a false duplicate."""
 
@@ -8,12 +8,12 @@ import logging
 import time
 from pathlib import Path
 
+from pipeline.batch_ids import SOURCES
 from pipeline.chain import Chain, PipelineRun
 from pipeline.component import ComponentContext
 from pipeline.spans import Span, SpanBatch
 from pipeline.state import MemoryStateStore
 from pipeline.telemetry import Telemetry
-from processors.batch_ids import SOURCES
 from processors.context import ContextConfig, ContextProcessor
 from processors.sample import SampleConfig, SampleProcessor
 from tests.test_sample import FakeClock, sp, tid
@@ -138,5 +138,24 @@ async def test_a_redelivered_batch_with_tail_sampled_releases_is_stored_once(cli
         first, after_redelivery = runs
         assert first == sorted((tid((1 << 55) + n), 5) for n in (1, 3, 4))  # trace 2 sampled out
         assert after_redelivery == first  # every release of the redelivery was dropped as a duplicate
+    finally:
+        await sink.close()
+
+
+async def test_a_shutdown_flush_is_named_by_its_content_so_a_repeat_stores_once(clickhouse_dsn: str,
+                                                                               chdb_database: str) -> None:
+    """Chain.flush names what a processor releases at shutdown by its content: the same held spans
+    flushed again (another process, after a crash before the flush was acknowledged) are stored once."""
+    t0 = time.time_ns() - HOUR
+    sink = await started_sink(clickhouse_dsn, chdb_database)
+    config = {"mode": "tail", "decision_wait": 60, "probability": 1.0}
+    try:
+        for _ in range(2):
+            chain = Chain([PipelineRun("traces", [make(config, FakeClock())], ["clickhouse"])],
+                          {"clickhouse": sink}, Telemetry())
+            await chain.run(SpanBatch(rag(t0, 7, True), "otlp_spans/0/0-0"))  # held: decision_wait not over
+            await chain.flush()
+        rows = sink._client.query(f"SELECT count(), uniqExact(TraceId, SpanId) FROM {chdb_database}.otel_traces")
+        assert rows.result_rows == [(5, 5)]
     finally:
         await sink.close()
