@@ -105,7 +105,7 @@ class EmbeddedRuntime:
             if replayed:
                 log.info("write-ahead log: replaying %d spans acknowledged before the last stop", replayed)
             self.health.start()
-            self.queries = await open_queries(cfg, self.chain)
+            self.queries = await open_queries(cfg, self.chain, self.services)
             self._worker = asyncio.create_task(self._work(), name="tracepipe-worker")
             from pipeline.logs_store import build_logs_store
 

@@ -8,19 +8,25 @@ from typing import Any
 
 from pipeline.chain import Chain
 from pipeline.config import Config
+from pipeline.quality.score_writer import QualityScoreWriter
 from pipeline.services import Services
 from pipeline.telemetry import Telemetry
 
 
-async def open_queries(config: Config, chain: Chain | None = None) -> Any:
-    """TraceQueries over the ClickHouse sink the API reads (service.query_sink, else the first)."""
+async def open_queries(config: Config, chain: Chain | None = None, services: Services | None = None) -> Any:
+    """TraceQueries over the ClickHouse sink the API reads (service.query_sink, else the first).
+    With `services`, the services that write through it too (the quality processor's score rows)."""
     specs = config.sinks_of_type("clickhouse")
     if not specs:
         return None
     spec = config.sinks[config.service.query_sink] if config.service.query_sink else specs[0]
     from pipeline.query.traces import TraceQueries
 
-    return TraceQueries.from_sink_config(spec.config, config.data_dir)
+    queries = TraceQueries.from_sink_config(spec.config, config.data_dir)
+    if services is not None:
+        services.quality_scores = QualityScoreWriter(queries)
+        services.closers.insert(0, services.quality_scores.close)  # before the query layer closes
+    return queries
 
 
 class Alerts:

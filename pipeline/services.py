@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pipeline.audit import AuditLog
     from pipeline.budgets.registry import BudgetRegistry
     from pipeline.dead_letter.service import DeadLetterService
+    from pipeline.quality.score_writer import QualityScoreWriter
 
 # A store's forget hook (pipeline/deletion.py): ForgetRequest -> counts of what it removed.
 ForgetHook = Callable[[Any], Awaitable[dict[str, int]]]
@@ -29,6 +30,7 @@ class Services:
     audit: AuditLog | None = None  # the audit log of API reads and deletes
     alerts: AlertStore | None = None  # active and recent alerts, for the API and `forget`
     dead_letters: DeadLetterService | None = None  # the embedded dead-letter store, for the API
+    quality_scores: QualityScoreWriter | None = None  # derived scores (quality processor) -> the scores table
     forget_hooks: list[tuple[str, ForgetHook]] = field(default_factory=list)  # stores `forget` reaches
     clock: Callable[[], float] | None = None  # monotonic clock of time-driven processors (tests set it)
     wall_clock: Callable[[], float] | None = None  # their wall clock

@@ -15,8 +15,10 @@ pool (`workers` threads, at most `max_pending` queued; when full the answer is n
 `tracepipe_quality_scores_total{outcome="queue_full"}` counts it). Spans are never held back:
 a span leaves the processor at once, so its similarity does NOT land on the span (except the
 exact-match 1.0); it lands on the quality metrics at a later `process()` call (the runner
-calls it when idle too), in the `tracepipe_quality_similarity_ratio` histogram, and in
-`stats()`.
+calls it when idle too), in the `tracepipe_quality_similarity_ratio` histogram, in
+`stats()`, and as a `quality.similarity` score row (source `quality`) on the span's trace, next to
+the scores users and evaluators post (pipeline/quality/score_writer.py; written when the runtime
+has a ClickHouse query sink).
 
 Quality metrics feed rules evaluated with the anomaly rule engine (pipeline/anomaly/rules.py
 and its EWMA baselines): per key (`group_by`, default service and model) every `window`
@@ -60,11 +62,13 @@ from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext,
 from pipeline.quality.embedder import Embedder, missing_packages, similarity
 from pipeline.quality.fingerprint import digest, normalise, prompt_fingerprint, prompt_messages, response_text
 from pipeline.quality.metrics import quality_metrics
+from pipeline.query.scores import Score
 from pipeline.semconv import model_of
 from pipeline.spans import Span, SpanBatch
 from pipeline.tenants import DEFAULT_TENANT, TENANT_ATTRIBUTE
 
 EVENT_KIND = "anomaly"
+SCORE_NAME = "quality.similarity"  # the score row each applied result writes (source: quality)
 SEP = "\x1f"
 QualityMetric = Literal["similarity_mean", "changed_answer_rate"]
 KeyDimension = Literal["service", "model", "operation", "provider", "feature"]
@@ -389,7 +393,17 @@ class QualityProcessor(BaseProcessor):
             self.recent.append(
                 {"trace_id": job.trace_id, "span_id": job.span_id, "similarity": sim, "exact_match": not job.changed}
             )
+            self._record_score(job, sim)
             self._add_to_window(job, sim, dirty)
+
+    def _record_score(self, job: _Job, sim: float) -> None:
+        """The result as a `quality.similarity` score row on its span (pipeline/quality/score_writer.py)."""
+        writer = self.ctx.services.quality_scores
+        if writer is None:
+            return
+        comment = "exact match with the baseline" if not job.changed else "changed answer vs the baseline"
+        writer.record(Score(job.trace_id, job.span_id, SCORE_NAME, "numeric", round(float(sim), 6), "", comment,
+                            "quality"), job.tenant)
 
     def _add_to_window(self, job: _Job, sim: float, dirty: dict[str, Any]) -> None:
         ks = job.key if job.tenant == DEFAULT_TENANT else f"{job.tenant}\x1e{job.key}"

@@ -115,6 +115,9 @@ class Stream:
         return asyncio.run(run())
 
 
+T0 = (time.time_ns() // 10**9 - 3600) * 10**9  # an hour ago: within every retention and query window
+
+
 def _span(n: int, messages: list[dict[str, str]], answer: str) -> Span:
     tid = f"{n:032x}"
     attrs = {
@@ -131,8 +134,8 @@ def _span(n: int, messages: list[dict[str, str]], answer: str) -> Span:
         tid,
         f"{n:016x}",
         "chat gpt-4o-mini",
-        n * 1000,
-        n * 1000 + 500,
+        T0 + n * 1000,
+        T0 + n * 1000 + 500,
         attributes=attrs,
         resource=Resource({"service.name": "support-bot"}),
     )
@@ -369,10 +372,22 @@ def test_quality_drop_fires_and_resolves_through_the_alert_path_of_tracepipe_run
     try:
         seen = send(s.spans(server, 30), 0)
         s.mode = "drifted"
-        seen = send(s.spans(server, 30), seen)
+        drifted = s.spans(server, 30)
+        seen = send(drifted, seen)
         deadline = time.monotonic() + 60
         while not alerts() and time.monotonic() < deadline:
             time.sleep(0.1)
+        # Each scored answer is a `quality.similarity` score row (source quality) on its trace.
+        sp0 = drifted[-1]
+        deadline = time.monotonic() + 30
+        while True:
+            status, trace = p.get(f"/api/traces/{sp0.trace_id}")
+            scores = [x for x in (trace or {}).get("scores", []) if x["source"] == "quality"] if status == 200 else []
+            if scores or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert [(x["name"], x["span_id"]) for x in scores] == [("quality.similarity", sp0.span_id)], trace
+        assert 0.0 <= scores[0]["value"] < 0.7  # a drifted answer: far from the baseline
         s.mode = "stable"
         send(s.spans(server, 30), seen)
         deadline = time.monotonic() + 60

@@ -9,6 +9,8 @@ the token that sent it (never a tenant the client claims).
 
 - `validate_score(body)`: a clean `Score` or ValueError naming the bad field.
 - `insert_score(queries, score, tenant)`: stores one score, returns it with its id and time.
+- `insert_scores(queries, scores)`: stores the scores a component derived (the quality processor's
+  similarities, pipeline/quality/score_writer.py) in one insert, with ids derived from trace, span and name.
 - `scores_for(queries, trace_id, tenant)`: the scores of one trace (joined onto `get_trace`).
 - `quality_by(queries, by, name, since, tenant)`: cost versus mean numeric score per model, feature
   or prompt version (`gen_ai.prompt.version`). Cost is the LLM spend of the group's spans in the
@@ -22,6 +24,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 SCORES_TABLE = "tracepipe_scores"
@@ -129,28 +132,46 @@ def _row_dict(r: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _insert(client: Any, database: str, row: list[Any]) -> None:
+COLUMNS = ["Timestamp", "TenantId", "ScoreId", "TraceId", "SpanId", "Name", "DataType", "Value", "StringValue",
+           "Comment", "Source"]
+
+
+def _insert(client: Any, database: str, rows: list[list[Any]], token: str | None = None) -> None:
     for stmt in scores_schema_statements(database):
         client.command(stmt)
-    client.insert(
-        f"`{database}`.`{SCORES_TABLE}`",
-        [row],
-        column_names=["Timestamp", "TenantId", "ScoreId", "TraceId", "SpanId", "Name", "DataType", "Value",
-                      "StringValue", "Comment", "Source"],
-    )
+    settings = {"insert_deduplicate": 1, "insert_deduplication_token": token} if token else None
+    client.insert(f"`{database}`.`{SCORES_TABLE}`", rows, column_names=COLUMNS, settings=settings)
+
+
+def _row(score: Score, tenant: str, score_id: str, now_ns: int) -> list[Any]:
+    ts = datetime.fromtimestamp(now_ns / 1e9, tz=UTC)
+    return [ts, tenant, score_id, score.trace_id, score.span_id, score.name, score.data_type, score.value,
+            score.string_value, score.comment, score.source]
 
 
 async def insert_score(queries: Any, score: Score, tenant: str) -> dict[str, Any]:
     now = time.time_ns()
     score_id = uuid.uuid4().hex
-    from datetime import UTC, datetime
-
-    ts = datetime.fromtimestamp(now / 1e9, tz=UTC)
-    row = [ts, tenant, score_id, score.trace_id, score.span_id, score.name, score.data_type, score.value,
-           score.string_value, score.comment, score.source]
-    await queries.run_on_client(_insert, queries.database, row)
+    await queries.run_on_client(_insert, queries.database, [_row(score, tenant, score_id, now)])
     return _row_dict((now, score_id, score.trace_id, score.span_id, score.name, score.data_type, score.value,
                       score.string_value, score.comment, score.source)) | {"tenant": tenant}
+
+
+def derived_score_id(score: Score) -> str:
+    """The id of a score a pipeline component derives (source quality): one per trace, span and name,
+    so the same result computed again (after a restart) names the same score."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"tracepipe:{score.source}:{score.trace_id}:{score.span_id}:{score.name}").hex
+
+
+async def insert_scores(queries: Any, scores: list[tuple[Score, str]]) -> None:
+    """Store derived scores ((score, tenant) pairs) in one insert; ids from `derived_score_id`, and
+    the insert deduplicated by them, so the same rows written twice are stored once."""
+    if not scores:
+        return
+    now = time.time_ns()
+    rows = [_row(score, tenant, derived_score_id(score), now) for score, tenant in scores]
+    token = "scores-" + uuid.uuid5(uuid.NAMESPACE_URL, ",".join(sorted(r[2] for r in rows))).hex
+    await queries.run_on_client(_insert, queries.database, rows, token)
 
 
 async def scores_for(queries: Any, trace_id: str, tenant: str | None) -> list[dict[str, Any]]:

@@ -152,7 +152,7 @@ class WorkerRuntime:
             add_span_agent(self.app, self)
             self.app.on_partitions_assigned.connect(self._on_assigned)
             await self.chain.start()
-            self.queries = await open_queries(cfg, self.chain)
+            self.queries = await open_queries(cfg, self.chain, self.services)
             await self._start_servers()
             log.info("joining consumer group %s as %s, %.1fs after the worker started", k.group_id,
                      f"static member {k.group_instance_id!r}" if k.group_instance_id else "a dynamic member",
