@@ -2,7 +2,8 @@
 gpt-4o calls replayed against gpt-4o-mini (with injected 429/5xx answers, bounded concurrency), recorded
 as traces of service replay/NAME through the pipeline, compared with cost deltas priced by genai-prices,
 exact matches and the real MiniLM similarity; the estimate-and-refuse step, the capture filters and the
-tenant and scope rules of the replay API; `compare` opening the data itself once the pipeline stopped."""
+tenant and scope rules of the replay API; `compare` opening the data itself once the pipeline stopped,
+and `forget` taking a trace's captured items with it."""
 
 from __future__ import annotations
 
@@ -254,7 +255,16 @@ def test_replay_of_20_calls_against_another_model_prints_the_comparison_with_cor
         assert p.stop() == 0, p.log()
 
     # No pipeline: compare opens the data directory itself and gives the same answer.
-    local = cli("replay", "compare", "nightly", "--json", "--tenant", "acme", "-c", str(config), "--data-dir",
-                str(data), "--api", f"127.0.0.1:{p.api_port}")
+    here = ["-c", str(config), "--data-dir", str(data), "--api", f"127.0.0.1:{p.api_port}"]
+    local = cli("replay", "compare", "nightly", "--json", "--tenant", "acme", *here)
     assert local.returncode == 0, local.stderr
     assert json.loads(local.stdout)["totals"] == compared["totals"]
+
+    # Forgetting a trace removes the items captured from it (they copy its messages) and their results.
+    forgot = cli("forget", "--trace", originals[0], "--yes", "--json", *here)
+    assert forgot.returncode == 0, forgot.stderr
+    assert json.loads(forgot.stdout)["removed"]["replay"] == {"items": 2, "results": 1}  # in nightly and low
+    after = cli("replay", "compare", "nightly", "--json", "--tenant", "acme", *here)
+    assert after.returncode == 0, after.stderr
+    assert originals[0] not in {r["original_trace_id"] for r in json.loads(after.stdout)["items"]}
+    assert json.loads(after.stdout)["totals"]["items"] == CALLS - 1
