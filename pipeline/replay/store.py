@@ -28,10 +28,9 @@ _RESULT_COLUMNS = [
 
 
 def replay_schema_statements(database: str, ttl: str = "") -> list[str]:
-    """DDL of both tables (`ttl`: a TTL expression on toDateTime(Created/Timestamp) is built by the
-    caller from the spans' retention, or "")."""
-    items_ttl = f"TTL {ttl.replace('toDateTime(Timestamp)', 'toDateTime(Created)')}\n" if ttl else ""
-    results_ttl = f"TTL {ttl}\n" if ttl else ""
+    """DDL of both tables (`ttl`: the spans' retention as a TTL expression on toDateTime(Timestamp), or "").
+    An item's Timestamp is its original call's, so a captured copy expires with the spans it was taken from."""
+    items_ttl = results_ttl = f"TTL {ttl}\n" if ttl else ""
     return [
         f"""CREATE TABLE IF NOT EXISTS `{database}`.`{ITEMS_TABLE}` (
     Created DateTime64(9),
