@@ -6,6 +6,8 @@ each an async callable returning how many rows it removed (per table or kind). T
 
 - `clickhouse` (the query sink's tables, `TraceQueries.forget`): spans (`otel_traces`) and trace
   summaries. A user's traces are removed whole: every trace with a span whose UserId is the user;
+- `replay` (pipeline/replay/forget.py): replay items captured from the forgotten traces (they copy
+  their messages) and those items' results, in the same ClickHouse store;
 - `budgets` (pipeline/budgets/forget.py): Redis or local counters whose id holds the user (budgets
   with a `user` dimension), or every counter of the tenant; counters hold no trace ids;
 - `alerts` (the in-memory alert store): events keyed by the user or of the tenant; a forgotten
@@ -137,6 +139,9 @@ def build_forgetter(queries: Any, services: Services) -> Forgetter:
     f = Forgetter()
     if queries is not None:
         f.register("clickhouse", queries.forget)
+        from pipeline.replay.forget import forget_hook as replay_forget_hook
+
+        f.register("replay", replay_forget_hook(queries))
     for name, hook in services.forget_hooks:
         f.register(name, hook)
     if services.alerts is not None:

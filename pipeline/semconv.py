@@ -27,6 +27,9 @@ GEN_AI_CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
 GEN_AI_CACHE_CREATION_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
 GEN_AI_COST_USD = "gen_ai.usage.cost_usd"  # tracepipe's priced cost
 GEN_AI_CONVERSATION_ID = "gen_ai.conversation.id"
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"  # JSON list of {role, parts: [{type, content}]}
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 
 # --- accounting: who and what ----------------------------------------------------------------
 USER_ID = "user.id"

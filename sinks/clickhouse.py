@@ -721,6 +721,10 @@ class ClickHouseSink(BaseSink):
             scores_ttl = ttl_expression("toDateTime(Timestamp)", self.cfg.ttl_days, self.cfg.tenant_ttl_days)
             for stmt in scores_schema_statements(self.cfg.database, scores_ttl):
                 client.command(stmt)
+            from pipeline.replay.store import replay_schema_statements  # replay sets and runs (/api/replay)
+
+            for stmt in replay_schema_statements(self.cfg.database, scores_ttl):
+                client.command(stmt)
             sync_retention(client, self.cfg)
         return client
 

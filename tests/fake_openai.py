@@ -1,8 +1,10 @@
 """A small fake OpenAI HTTP API (aiohttp) for instrumentation tests: chat completions (plain and
-streamed, with a usage block including cached prompt tokens) and embeddings."""
+streamed, with a usage block including cached prompt tokens) and embeddings; optionally slow, or
+answering given error statuses to its first chat requests (retry tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -30,7 +32,29 @@ def _usage(u: dict[str, int]) -> dict[str, object]:
     }
 
 
+# Faults and load of the chat endpoint (FakeOpenAI(errors=..., delay=...)): statuses answered to the
+# first requests, in order, and what was seen (requests, peak concurrency).
+FAULTS: web.AppKey[dict[str, Any]] = web.AppKey("faults")
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
+    faults = request.app[FAULTS]
+    faults["requests"] += 1
+    faults["in_flight"] += 1
+    faults["peak"] = max(faults["peak"], faults["in_flight"])
+    try:
+        if faults["delay"]:
+            await asyncio.sleep(faults["delay"])
+        if faults["errors"]:
+            status = faults["errors"].pop(0)
+            return web.json_response({"error": {"message": "injected", "code": status}}, status=status,
+                                     headers={"Retry-After": "0"})
+        return await _chat(request)
+    finally:
+        faults["in_flight"] -= 1
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     created = int(time.time())
     if not body.get("stream"):
@@ -91,11 +115,15 @@ async def embeddings(request: web.Request) -> web.Response:
 class FakeOpenAI:
     """Start with `await start()`, stop with `await stop()`; `base_url` has no /v1."""
 
-    def __init__(self, answer: Callable[[dict[str, Any]], str] | None = None) -> None:
+    def __init__(self, answer: Callable[[dict[str, Any]], str] | None = None, *, errors: list[int] | None = None,
+                 delay: float = 0.0) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         app = web.Application()
         app[ANSWER] = answer or (lambda body: "Hello!")
+        self.faults: dict[str, Any] = {"errors": list(errors or []), "delay": delay, "requests": 0, "in_flight": 0,
+                                       "peak": 0}
+        app[FAULTS] = self.faults
         app.router.add_post("/v1/chat/completions", chat)
         app.router.add_post("/v1/embeddings", embeddings)
         self._runner = web.AppRunner(app)

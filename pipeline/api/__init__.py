@@ -69,4 +69,5 @@ _OPTIONAL_ROUTE_MODULES: list[str] = [
     "spend",
     "ui",
     "scores",
+    "replay",
 ]

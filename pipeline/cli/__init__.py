@@ -38,6 +38,7 @@ _COMMAND_MODULES: list[str] = [
     "token",
     "sessions",
     "quality",
+    "replay",
 ]
 
 for _name in _COMMAND_MODULES:

@@ -52,14 +52,20 @@ def api_request(
     *,
     timeout: float = 30,
     error_body_is_answer: Callable[[Any], bool] | None = None,
+    body: Any = None,
 ) -> tuple[int, Any]:
-    """(status, JSON body) of one request. ApiUnreachable when nothing listens; QueryFailed for an
-    error answer, unless `error_body_is_answer(body)` says that error body is the answer itself."""
+    """(status, JSON body) of one request (`body`: sent as JSON). ApiUnreachable when nothing listens;
+    QueryFailed for an error answer, unless `error_body_is_answer(body)` says that error body is the
+    answer itself."""
     query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
     url = api_base_url(cfg, api_url) + path + (f"?{query}" if query else "")
     token = current_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, method=method, headers=headers, data=b"" if method == "POST" else None)
+    data = b"" if method == "POST" else None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, method=method, headers=headers, data=data)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
