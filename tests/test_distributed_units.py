@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.workload import make_request, spans_in
+from pipeline.transport.kafka_partitioner import KeyPartitioner
 from pipeline.transport.kafka_producer import split_by_trace
 from pipeline.worker.cuts import PlannedBatch, contiguous_run, plan_batches
 
@@ -67,6 +71,15 @@ def test_split_by_trace_cuts_interleaved_traces_out_of_one_scope_keeping_schema_
         got = [(ss.scope.name, ss.schema_url, [sp.span_id for sp in ss.spans]) for ss in prs.scope_spans]
         assert got == [e for e in expected if e[2]]
         assert all(sp == next(s for s in spans if s.span_id == sp.span_id) for ss in prs.scope_spans for sp in ss.spans)
+
+
+def test_key_partitioner_places_every_key_where_aiokafkas_default_partitioner_does() -> None:
+    keys = [os.urandom(16).hex().encode() for _ in range(500)] + [os.urandom(n) for n in range(12) for _ in range(20)]
+    ours, theirs = KeyPartitioner(), DefaultPartitioner()
+    for n in (1, 4, 12, 7):
+        parts = list(range(n))
+        assert [ours(k, parts, parts) for k in keys] == [theirs(k, parts, parts) for k in keys]
+    assert ours(None, [0, 1, 2], [2]) == 2
 
 
 def test_fresh_offsets_form_one_batch() -> None:

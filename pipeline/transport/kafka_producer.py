@@ -36,6 +36,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pipeline.config import KafkaTransportConfig
 from pipeline.telemetry import Telemetry
 from pipeline.transport.kafka_common import client_kwargs
+from pipeline.transport.kafka_partitioner import KeyPartitioner
 from pipeline.transport.memory import Offer
 
 log = logging.getLogger("tracepipe.transport.kafka")
@@ -140,6 +141,7 @@ class KafkaRequestTransport:
         kwargs: dict[str, Any] = {
             **client_kwargs(c, "receiver"),
             "acks": "all" if c.acks == "all" else int(c.acks),
+            "partitioner": KeyPartitioner(),
             "enable_idempotence": c.enable_idempotence,
             "compression_type": None if c.compression == "none" else c.compression,
             "linger_ms": c.linger_ms,
