@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.workload import make_request, spans_in
+from pipeline.transport.kafka_partitioner import KeyPartitioner
 from pipeline.transport.kafka_producer import split_by_trace
 from pipeline.worker.cuts import PlannedBatch, contiguous_run, plan_batches
 
@@ -33,6 +37,49 @@ def test_split_by_trace_sends_a_single_trace_request_unchanged() -> None:
     [(key, value)] = split_by_trace(req)
     assert value == req.SerializeToString()
     assert key.decode() == req.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+
+
+def test_split_by_trace_forwards_the_received_bytes_of_an_unchanged_one_trace_request() -> None:
+    req = make_request(1, seed=4, prompt_bytes=10)
+    raw = req.SerializeToString()
+    [(key, value)] = split_by_trace(req, raw)
+    assert value is raw and key.decode() == req.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
+
+
+def test_split_by_trace_cuts_interleaved_traces_out_of_one_scope_keeping_schema_urls() -> None:
+    src = make_request(3, seed=5, prompt_bytes=10)
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add(schema_url="https://opentelemetry.io/schemas/1.26.0")
+    rs.resource.CopyFrom(src.resource_spans[0].resource)
+    scopes = [rs.scope_spans.add(schema_url=f"scope-schema-{i}") for i in range(2)]
+    for i, ss in enumerate(scopes):
+        ss.scope.name = f"scope-{i}"
+    spans = [sp for r in src.resource_spans for sp in r.scope_spans[0].spans]
+    order = [0, 3, 6, 1, 4, 7, 2, 5, 8]  # the three traces' spans interleaved
+    for n, i in enumerate(order):
+        scopes[n % 2].spans.add().CopyFrom(spans[i])
+    messages = dict(split_by_trace(req))
+    assert len(messages) == 3
+    for key, value in messages.items():
+        part = ExportTraceServiceRequest.FromString(value)
+        [prs] = part.resource_spans
+        assert prs.schema_url == rs.schema_url and prs.resource == rs.resource
+        expected = [
+            (ss.scope.name, ss.schema_url, [sp.span_id for sp in ss.spans if sp.trace_id.hex() == key.decode()])
+            for ss in rs.scope_spans
+        ]
+        got = [(ss.scope.name, ss.schema_url, [sp.span_id for sp in ss.spans]) for ss in prs.scope_spans]
+        assert got == [e for e in expected if e[2]]
+        assert all(sp == next(s for s in spans if s.span_id == sp.span_id) for ss in prs.scope_spans for sp in ss.spans)
+
+
+def test_key_partitioner_places_every_key_where_aiokafkas_default_partitioner_does() -> None:
+    keys = [os.urandom(16).hex().encode() for _ in range(500)] + [os.urandom(n) for n in range(12) for _ in range(20)]
+    ours, theirs = KeyPartitioner(), DefaultPartitioner()
+    for n in (1, 4, 12, 7):
+        parts = list(range(n))
+        assert [ours(k, parts, parts) for k in keys] == [theirs(k, parts, parts) for k in keys]
+    assert ours(None, [0, 1, 2], [2]) == 2
 
 
 def test_fresh_offsets_form_one_batch() -> None:

@@ -1,7 +1,8 @@
 """The receiver's Kafka transport: OTLP export requests -> one Kafka message per trace.
 
-`offer(request, spans, timeout)` splits the request by trace id into one
-ExportTraceServiceRequest per trace (resource and scope wrappers kept), keyed by the
+`offer(request, spans, timeout, raw)` splits the request by trace id into one
+ExportTraceServiceRequest per trace (resource and scope wrappers kept; an unchanged
+one-trace request goes as the `raw` bytes received), keyed by the
 trace id in lowercase hex, so every span of a trace lands on one partition (tail
 sampling and per-trace rollups need that). That is the OTel Collector kafka exporter's
 `otlp_proto` encoding. It answers ACCEPTED only once Kafka acknowledged every message
@@ -31,11 +32,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 
 from pipeline.config import KafkaTransportConfig
 from pipeline.telemetry import Telemetry
 from pipeline.transport.kafka_common import client_kwargs
+from pipeline.transport.kafka_partitioner import KeyPartitioner
 from pipeline.transport.memory import Offer
 
 log = logging.getLogger("tracepipe.transport.kafka")
@@ -43,53 +44,80 @@ log = logging.getLogger("tracepipe.transport.kafka")
 __all__ = ["KafkaRequestTransport", "split_by_trace"]
 
 
-def split_by_trace(request: ExportTraceServiceRequest) -> list[tuple[bytes, bytes]]:
+def split_by_trace(request: ExportTraceServiceRequest, raw: bytes | None = None) -> list[tuple[bytes, bytes]]:
     """(key, value) per trace: key = trace id hex, value = the trace's spans as an
-    ExportTraceServiceRequest keeping their resource and scope wrappers."""
-    # trace id -> [(ri, si, [span indices])]
-    groups: dict[bytes, dict[tuple[int, int], list[int]]] = {}
-    for ri, rs in enumerate(request.resource_spans):
-        for si, ss in enumerate(rs.scope_spans):
-            for i, sp in enumerate(ss.spans):
-                tid = sp.trace_id
-                g = groups.get(tid)
-                if g is None:
-                    g = groups[tid] = {}
-                idx = g.get((ri, si))
-                if idx is None:
-                    g[(ri, si)] = [i]
+    ExportTraceServiceRequest keeping their resource and scope wrappers (and schema urls).
+
+    `raw`: the bytes `request` was parsed from, when nothing in it was changed; a request
+    holding one trace is then forwarded as those bytes. Otherwise the value is assembled
+    from serialised parts at the coarsest level holding one trace: a whole ResourceSpans
+    (one serialisation, no copy), else a whole ScopeSpans, else single spans under their
+    resource and scope. Repeated fields concatenate on the wire, so the parts are joined
+    with their field headers instead of building a message per trace."""
+    # per ResourceSpans, per ScopeSpans: trace id -> that scope's spans of the trace
+    grouped: list[list[dict[bytes, list[Any]]]] = []
+    traces: set[bytes] = set()
+    for rs in request.resource_spans:
+        scopes: list[dict[bytes, list[Any]]] = []
+        for ss in rs.scope_spans:
+            by_trace: dict[bytes, list[Any]] = {}
+            for sp in ss.spans:
+                spans = by_trace.get(sp.trace_id)
+                if spans is None:
+                    by_trace[sp.trace_id] = [sp]
                 else:
-                    idx.append(i)
-    if len(groups) == 1:
-        ((tid, _),) = groups.items()
-        return [(tid.hex().encode(), request.SerializeToString())]
-    out: list[tuple[bytes, bytes]] = []
-    rss = request.resource_spans
-    for tid, parts in groups.items():
-        req = ExportTraceServiceRequest()
-        by_resource: dict[int, ResourceSpans] = {}
-        for (ri, si), idxs in parts.items():
-            src_rs = rss[ri]
-            dst_rs = by_resource.get(ri)
-            if dst_rs is None:
-                dst_rs = req.resource_spans.add()
-                dst_rs.resource.CopyFrom(src_rs.resource)
-                dst_rs.schema_url = src_rs.schema_url
-                by_resource[ri] = dst_rs
-            src_ss = src_rs.scope_spans[si]
-            dst_ss: ScopeSpans = dst_rs.scope_spans.add()
-            dst_ss.scope.CopyFrom(src_ss.scope)
-            dst_ss.schema_url = src_ss.schema_url
-            spans = src_ss.spans
-            dst_ss.spans.extend([spans[i] for i in idxs])
-        out.append((tid.hex().encode(), req.SerializeToString()))
-    return out
+                    spans.append(sp)
+            scopes.append(by_trace)
+            traces.update(by_trace)
+        grouped.append(scopes)
+    if len(traces) == 1 and raw is not None:
+        return [(next(iter(traces)).hex().encode(), raw)]
+    resource_spans: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ResourceSpans
+    for rs, scopes in zip(request.resource_spans, grouped, strict=True):
+        in_rs = {tid for by_trace in scopes for tid in by_trace}
+        if len(in_rs) == 1:
+            resource_spans.setdefault(in_rs.pop(), []).append(rs.SerializeToString())
+            continue
+        head = _field(_F1, rs.resource.SerializeToString()) if rs.HasField("resource") else b""
+        tail = _field(_F3, rs.schema_url.encode()) if rs.schema_url else b""
+        parts: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ScopeSpans in this resource
+        for ss, by_trace in zip(rs.scope_spans, scopes, strict=True):
+            if len(by_trace) == 1:
+                parts.setdefault(next(iter(by_trace)), []).append(_field(_F2, ss.SerializeToString()))
+                continue
+            s_head = _field(_F1, ss.scope.SerializeToString()) if ss.HasField("scope") else b""
+            s_tail = _field(_F3, ss.schema_url.encode()) if ss.schema_url else b""
+            for tid, spans in by_trace.items():
+                body = b"".join([s_head, *[_field(_F2, sp.SerializeToString()) for sp in spans], s_tail])
+                parts.setdefault(tid, []).append(_field(_F2, body))
+        for tid, scope_parts in parts.items():
+            resource_spans.setdefault(tid, []).append(b"".join([head, *scope_parts, tail]))
+    return [(tid.hex().encode(), b"".join([_field(_F1, p) for p in rss])) for tid, rss in resource_spans.items()]
+
+
+# Length-delimited field headers: field 1, 2, 3 (ExportTraceServiceRequest.resource_spans;
+# ResourceSpans.resource / scope_spans / schema_url; ScopeSpans.scope / spans / schema_url).
+_F1, _F2, _F3 = b"\x0a", b"\x12", b"\x1a"
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited protobuf field: tag, varint length, payload."""
+    n = len(payload)
+    if n < 0x80:
+        return tag + bytes((n,)) + payload
+    size = bytearray()
+    while n > 0x7F:
+        size.append(n & 0x7F | 0x80)
+        n >>= 7
+    size.append(n)
+    return tag + size + payload
 
 
 class KafkaRequestTransport:
     """RequestTransport over an aiokafka producer (see module doc)."""
 
     name = "kafka"
+    accepts_raw = True  # offer(raw=...): a one-trace request goes to Kafka as the bytes received
 
     def __init__(self, cfg: KafkaTransportConfig, telemetry: Telemetry, probe_interval: float = 1.0) -> None:
         self.cfg = cfg
@@ -113,6 +141,7 @@ class KafkaRequestTransport:
         kwargs: dict[str, Any] = {
             **client_kwargs(c, "receiver"),
             "acks": "all" if c.acks == "all" else int(c.acks),
+            "partitioner": KeyPartitioner(),
             "enable_idempotence": c.enable_idempotence,
             "compression_type": None if c.compression == "none" else c.compression,
             "linger_ms": c.linger_ms,
@@ -168,7 +197,9 @@ class KafkaRequestTransport:
 
     # --- offer -----------------------------------------------------------------------
 
-    async def offer(self, request: ExportTraceServiceRequest, spans: int, timeout: float = 0.0) -> Offer:
+    async def offer(
+        self, request: ExportTraceServiceRequest, spans: int, timeout: float = 0.0, raw: bytes | None = None
+    ) -> Offer:
         if self._closed:
             return Offer.CLOSED
         t = self.telemetry
@@ -184,7 +215,7 @@ class KafkaRequestTransport:
             t.kafka_produce_failures.labels(self.topic, "full").inc()
             return Offer.FULL
         try:
-            return await self._produce(split_by_trace(request) if spans else [])
+            return await self._produce(split_by_trace(request, raw) if spans else [])
         finally:
             await self._unreserve(spans)
 
