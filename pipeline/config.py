@@ -202,6 +202,11 @@ class KafkaTransportConfig(ComponentConfig):
     linger_ms: int = Field(5, ge=0)
     max_batch_bytes: int = Field(1024 * 1024, gt=0)
     max_request_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    max_message_bytes: int = Field(
+        1_000_000, gt=0,
+        description="The receiver packs the traces of a request that go to one partition into one message up to "
+        "this size (a trace larger than it goes alone); keep it under the broker's message.max.bytes.",
+    )
     produce_timeout: float = Field(10.0, gt=0, description="Seconds before an unacknowledged produce fails.")
     security: KafkaSecurityConfig = Field(default_factory=KafkaSecurityConfig)
     max_in_flight_spans: int = Field(

@@ -172,7 +172,7 @@ class Telemetry:
             ["topic"], buckets=INTERNAL_BUCKETS, namespace=ns, registry=r,
         )
         self.kafka_produced_messages = Counter(
-            "kafka_produced_messages", "Messages Kafka acknowledged (one per trace of a request).",
+            "kafka_produced_messages", "Messages Kafka acknowledged (one per partition a request's traces go to).",
             ["topic"], namespace=ns, registry=r,
         )
         self.kafka_produce_failures = Counter(

@@ -9,7 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from bench.workload import make_request, spans_in
 from pipeline.transport.kafka_partitioner import KeyPartitioner
-from pipeline.transport.kafka_producer import split_by_trace
+from pipeline.transport.kafka_producer import pack_by_partition, split_by_trace
 from pipeline.worker.cuts import PlannedBatch, contiguous_run, plan_batches
 
 
@@ -176,3 +176,33 @@ def test_faust_app_gets_static_membership_and_group_timeouts(tmp_path) -> None:
     assert conf.consumer_group_instance_id == "w-1"
     assert (conf.broker_session_timeout, conf.broker_heartbeat_interval, conf.broker_rebalance_timeout) == (
         12.0, 4.0, 9.0)
+
+
+def test_traces_bound_for_one_partition_travel_as_one_message_on_the_partition_of_their_keys() -> None:
+    req = make_request(40, seed=5, prompt_bytes=10)
+    per_trace = split_by_trace(req)
+    packed = pack_by_partition(per_trace, 4, 1_000_000)
+    assert len(packed) == len({p for _, _, p in packed}) <= 4  # one message per partition used
+    default = DefaultPartitioner()
+    seen: dict[str, int] = {}
+    for _, value, part in packed:
+        msg = ExportTraceServiceRequest.FromString(value)  # the concatenation reads as one request
+        for rs in msg.resource_spans:
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    tid = sp.trace_id.hex()
+                    # the partition Kafka's default partitioner gives the trace's key
+                    assert part == default(tid.encode(), [0, 1, 2, 3], [0, 1, 2, 3])
+                    seen[tid] = seen.get(tid, 0) + 1
+    assert sum(seen.values()) == spans_in(req) and len(seen) == 40
+
+
+def test_a_packed_message_stays_under_max_bytes_unless_one_trace_alone_is_larger() -> None:
+    per_trace = split_by_trace(make_request(60, seed=6, prompt_bytes=200))
+    size = max(len(v) for _, v in per_trace)
+    packed = pack_by_partition(per_trace, 2, 3 * size)
+    assert all(len(v) <= 3 * size for _, v, _ in packed) and len(packed) > 2
+    assert sorted(b"".join(v for _, v, _ in packed)) == sorted(b"".join(v for _, v in per_trace))
+    alone = pack_by_partition(per_trace, 2, 1)  # every trace larger than the cap: one message each
+    assert len(alone) == len(per_trace)
+    assert pack_by_partition(per_trace, 0, 1_000_000) == [(k, v, None) for k, v in per_trace]  # partitions unknown
