@@ -91,7 +91,7 @@ def main() -> None:
     bodies = [r.SerializeToString() for r in reqs]
     n_spans = sum(spans_in(r) for r in reqs)
     print(f"workload: {n_spans} spans in {len(bodies)} requests of {TRACES_PER_REQUEST * 3} spans "
-          f"({TRACES_PER_REQUEST} traces -> {TRACES_PER_REQUEST} Kafka messages each), "
+          f"({TRACES_PER_REQUEST} traces each, packed into one Kafka message per partition), "
           f"{sum(map(len, bodies)) / n_spans:.0f} bytes/span")
 
     with tempfile.TemporaryDirectory() as tmp_s:

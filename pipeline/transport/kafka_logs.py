@@ -79,6 +79,7 @@ class KafkaLogsTransport(KafkaRequestTransport):
             t.kafka_produce_failures.labels(self.topic, "full").inc()
             return Offer.FULL
         try:
-            return await self._produce(split_logs_by_trace(request) if records else [])  # type: ignore[arg-type]
+            messages = split_logs_by_trace(request) if records else []
+            return await self._produce([(key, value, None) for key, value in messages])
         finally:
             await self._unreserve(records)

@@ -41,6 +41,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from pipeline.config import KafkaTransportConfig
 from pipeline.telemetry import Telemetry
+from pipeline.transport.aiokafka_compat import check_compatible, discard_queued
 from pipeline.transport.kafka_common import client_kwargs
 from pipeline.transport.kafka_partitioner import KeyPartitioner, murmur2
 from pipeline.transport.memory import Offer
@@ -101,7 +102,7 @@ def split_by_trace(request: ExportTraceServiceRequest, raw: bytes | None = None)
     return [(tid.hex().encode(), b"".join([_field(_F1, p) for p in rss])) for tid, rss in resource_spans.items()]
 
 
-Message = tuple[bytes, bytes, int | None]  # key, value, partition (None: the partitioner's choice)
+Message = tuple[bytes | None, bytes, int | None]  # key, value, partition (None: the partitioner's choice)
 
 
 def pack_by_partition(messages: Sequence[tuple[bytes, bytes]], partitions: int,
@@ -197,6 +198,7 @@ class KafkaRequestTransport:
         producer = AIOKafkaProducer(**self.producer_kwargs())
         try:
             await asyncio.wait_for(producer.start(), self.cfg.produce_timeout * 3)
+            check_compatible(producer)  # fail at start, not when the broker goes down
         except BaseException:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(producer.stop(), 5)
@@ -333,17 +335,7 @@ class KafkaRequestTransport:
         producer, self._producer = self._producer, None
         if producer is None:
             return
-        exc = KafkaConnectionError(f"producer discarded: {why}")
-        acc = producer._message_accumulator
-        sender = producer._sender
-        if sender is not None and sender.sender_task is not None:
-            sender.sender_task.cancel()
-        for queue in list(acc._batches.values()):
-            for batch in list(queue):
-                batch.failure(exception=exc)
-            queue.clear()
-        for batch in list(acc._pending_batches):
-            batch.failure(exception=exc)
+        discard_queued(producer, KafkaConnectionError(f"producer discarded: {why}"))  # aiokafka_compat
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(producer.stop(), 5)
 

@@ -1,0 +1,77 @@
+"""The aiokafka internals the receiver relies on (pipeline.transport.aiokafka_compat) still work.
+
+An aiokafka release that renames or reshapes one of them fails here, loudly, instead of letting
+a receiver deliver data it refused (and a client's retry then store it twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+
+from pipeline.config import KafkaTransportConfig
+from pipeline.transport import aiokafka_compat
+from pipeline.transport.kafka_common import ensure_topics
+from tests.services import RunningService, start_service
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def kafka() -> RunningService:
+    svc = start_service("kafka")
+    yield svc
+    svc.stop()
+
+
+def test_installed_aiokafka_is_in_the_verified_range_pinned_in_pyproject() -> None:
+    from packaging.specifiers import SpecifierSet
+
+    pinned = re.search(r'"aiokafka([^"]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pinned is not None
+    assert SpecifierSet(pinned.group(1)) == SpecifierSet(aiokafka_compat.VERIFIED)
+    assert version("aiokafka") in SpecifierSet(aiokafka_compat.VERIFIED)
+
+
+def test_discarded_messages_fail_and_never_reach_the_topic(kafka: RunningService) -> None:
+    async def run() -> tuple[BaseException | None, list[bytes]]:
+        cfg = KafkaTransportConfig(brokers=kafka.url, enable_idempotence=False, compression="none")
+        await ensure_topics(cfg, {"compat_discard": 1})
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.url, linger_ms=60_000, enable_idempotence=False)
+        await producer.start()
+        aiokafka_compat.check_compatible(producer)
+        await (await producer.send("compat_discard", b"delivered"))
+        queued = await producer.send("compat_discard", b"refused")  # waits in the accumulator (linger)
+        aiokafka_compat.discard_queued(producer, KafkaConnectionError("discarded by the test"))
+        try:
+            await asyncio.wait_for(queued, 5)
+            err = None
+        except KafkaConnectionError as e:
+            err = e
+        await asyncio.wait_for(producer.stop(), 10)
+        consumer = AIOKafkaConsumer("compat_discard", bootstrap_servers=kafka.url, auto_offset_reset="earliest",
+                                    group_id=None)
+        await consumer.start()
+        try:
+            got = await consumer.getmany(timeout_ms=3000)
+        finally:
+            await consumer.stop()
+        return err, [m.value for batch in got.values() for m in batch]
+
+    err, values = asyncio.run(run())
+    assert err is not None and "discarded by the test" in str(err)
+    assert values == [b"delivered"]
+
+
+def test_a_missing_internal_is_reported_by_name() -> None:
+    class Producer:  # what a release without the sender and accumulator would look like
+        pass
+
+    with pytest.raises(aiokafka_compat.AiokafkaCompatError, match=r"_sender.*_message_accumulator"):
+        aiokafka_compat.check_compatible(Producer())
