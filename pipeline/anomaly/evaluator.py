@@ -8,7 +8,9 @@ One evaluator owns one scope of keys in a state table:
   (contribution.partition_of), meta under `__meta__/q`. The watermark is the oldest of the
   newest end times per span-topic partition (every partition must have reported): a window
   closes only when every source is past it, so the same contributions make the same windows
-  with 1 or 12 workers, however far one worker runs ahead of another. Nothing is late before
+  with 1 or 12 workers, however far one worker runs ahead of another. A partition whose owner
+  has read all there is (reported idle) holds nothing back until it brings spans again; when
+  every partition is idle the newest end time counts. Nothing is late before
   that watermark exists: the first window starts at the earliest pane merged by then.
 
 In both, `idle_close` lets the wall clock close windows when no newer span arrived, and each
@@ -157,6 +159,8 @@ class WindowEvaluator:
                 s = str(source)
                 if s not in src or max_end > src[s]:
                     src[s] = max_end
+                if s in meta.get("idle", ()):
+                    meta["idle"] = [i for i in meta["idle"] if i != s]
         late = overflow = 0
         first_pane = None
         table = self.table
@@ -220,10 +224,18 @@ class WindowEvaluator:
         """The event time every source is past (embedded: the newest end time), or None."""
         if self.partition is None:
             return self.meta["wm"]
-        src = self.meta["src"]
-        if len(src) < self.meta["n"]:
-            return None
-        return min(src.values())
+        src, idle = self.meta["src"], set(self.meta.get("idle", ()))
+        if len(set(src) | idle) < self.meta["n"]:
+            return None  # a source not heard of yet may still bring older spans
+        busy = [end for s, end in src.items() if s not in idle]
+        if busy:
+            return min(busy)
+        return max(src.values()) if src else None  # every source caught up: all is in
+
+    def mark_idle(self, sources: list[int]) -> None:
+        """Span partitions whose owner read all there is: they hold no watermark back until new spans come."""
+        self.load()
+        self.meta["idle"] = sorted({str(s) for s in sources})
 
     def watermark_boundary(self) -> int | None:
         """The end of the last pane that may close now, or None before the first span."""
