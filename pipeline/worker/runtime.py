@@ -341,7 +341,8 @@ class WorkerRuntime:
                 hw = self.app.consumer.highwater(tp)
             except Exception:
                 hw = None
-            if known is None or hw is None or known[1] >= hw:
+            # never delivered: idle only when empty (a partition read before a restart is not known to be done)
+            if hw is not None and (known[1] if known is not None else 0) >= hw:
                 out.append(tp.partition)
         return out
 
