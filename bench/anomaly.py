@@ -101,7 +101,7 @@ def main() -> None:
     snap0 = tracemalloc.take_snapshot()
     proc = AnomalyProcessor("anomaly", cfg, context(), clock=clock, on_event=events)
     close_time = 0.0
-    advance = proc._advance
+    advance = proc.evaluator.advance
 
     def timed_advance(dirty):  # type: ignore[no-untyped-def]
         nonlocal close_time
@@ -109,7 +109,7 @@ def main() -> None:
         advance(dirty)
         close_time += time.perf_counter() - t
 
-    proc._advance = timed_advance  # type: ignore[method-assign]
+    proc.evaluator.advance = timed_advance  # type: ignore[method-assign]
     tracemalloc.stop()  # do not slow the timed run; state allocations are compared below
 
     t0 = time.perf_counter()

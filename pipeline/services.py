@@ -32,6 +32,7 @@ class Services:
     dead_letters: DeadLetterService | None = None  # the embedded dead-letter store, for the API
     quality_scores: QualityScoreWriter | None = None  # derived scores (quality processor) -> the scores table
     forget_hooks: list[tuple[str, ForgetHook]] = field(default_factory=list)  # stores `forget` reaches
+    anomaly_panes: Any = None  # distributed worker: where anomaly processors publish pane contributions
     clock: Callable[[], float] | None = None  # monotonic clock of time-driven processors (tests set it)
     wall_clock: Callable[[], float] | None = None  # their wall clock
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)  # run at shutdown, in order

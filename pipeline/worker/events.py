@@ -7,9 +7,10 @@ to `transport.kafka.alerts_topic` and, when its kind is not plain "alert", also 
 event read that kind alone. An events topic is created (one partition, like the alerts
 topic) the first time its kind is sent, unless `create_topics` is false; then it must exist.
 
-`emit(kind, event)` is the same without a router (sends started at once); the worker awaits
-`drain()` and the router's `flush()` before it acks a batch, so an event is at least once
-with the batch that caused it.
+`emit(kind, event)` is the same without a router (sends started at once); `emit_record` sends
+one raw record to a given partition (anomaly pane contributions). The worker awaits `drain()`
+and the router's `flush()` before it acks a batch, so an event or record is at least once with
+the batch that caused it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,16 @@ class KafkaEventPublisher:
         self._pending.add(fut)
         fut.add_done_callback(self._pending.discard)
 
+    def emit_record(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        """Send one record to `partition` of `topic` (created by the worker), awaited by `drain()`
+        like the events: anomaly pane contributions (pipeline/worker/anomaly_panes.py)."""
+        if self._producer is None:
+            raise RuntimeError(f"record for {topic} emitted before the publisher started")
+        self._ready_topics.add(topic)
+        fut = asyncio.ensure_future(self._send(topic, key, value, partition))
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+
     async def publish(self, kind: str, event: dict[str, Any]) -> None:
         """Send `event` to its topics and wait for the acks (raises if a send failed)."""
         value = json.dumps(event, default=str, separators=(",", ":")).encode()
@@ -73,13 +84,13 @@ class KafkaEventPublisher:
             if isinstance(r, BaseException):
                 raise r
 
-    async def _send(self, topic: str, key: bytes, value: bytes) -> None:
+    async def _send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
         if topic not in self._ready_topics:
             async with self._topics_lock:
                 if topic not in self._ready_topics:
                     await ensure_topics(self.cfg, {topic: 1}, timeout=self.cfg.produce_timeout)
                     self._ready_topics.add(topic)
-        await (await self._producer.send(topic, value, key=key))
+        await (await self._producer.send(topic, value, key=key, partition=partition))
         self.telemetry.kafka_events_published.labels(topic).inc()
 
     async def broker_reachable(self) -> bool:

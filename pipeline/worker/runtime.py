@@ -10,7 +10,7 @@ partition's offset range `topic/partition/first-last`):
    invalid spans are removed and counted as the receivers do;
 3. `chain.run(batch)` returns once every sink acknowledged (ClickHouse inserts carry the
    batch id as deduplication token, other sinks are idempotent per batch id);
-4. derived events sent for the batch are acknowledged by Kafka;
+4. derived events and anomaly pane contributions sent for the batch are acknowledged by Kafka;
 5. only then is the batch's last offset + 1 committed, by the worker itself (Faust's own
    commits never cover the span topic, see `pipeline.worker.app`), but never past the first
    offset of the oldest batch whose spans a processor still holds (`held_batches()`, tail
@@ -67,6 +67,7 @@ from pipeline.spans import Span, SpanBatch
 from pipeline.telemetry import Telemetry
 from pipeline.transport.kafka_common import ensure_topics
 from pipeline.worker import faust_compat
+from pipeline.worker.anomaly_panes import AnomalyPaneExchange, add_pane_agent
 from pipeline.worker.app import add_span_agent, create_app
 from pipeline.worker.cuts import PlannedBatch, Range, contiguous_run, plan_batches
 from pipeline.worker.events import KafkaEventPublisher
@@ -95,6 +96,7 @@ class WorkerRuntime:
         self.state: FaustStateStore | None = None
         self.cuts: Any = None
         self.events: KafkaEventPublisher | None = None
+        self.panes: AnomalyPaneExchange | None = None
         self.alerts: Any = None
         self.services = Services()
         self.queries: Any = None
@@ -145,11 +147,17 @@ class WorkerRuntime:
                 self.services.alerts = self.alerts.store
             self.app = create_app(self, n_partitions)
             self.state = FaustStateStore(self.app, n_partitions)
+            # Anomaly processors contribute panes here; their keys are evaluated fleet-wide (anomaly_panes).
+            self.panes = AnomalyPaneExchange(self, n_partitions)
+            self.services.anomaly_panes = self.panes
             self.cuts = self.app.Table(CUTS_TABLE, partitions=n_partitions, key_type=str, value_type=None)
             self.chain = build_chain(cfg, self.telemetry, state=self.state, emit_event=emit, services=self.services)
             # Spans a sink or processor refuses for good go to the dead-letter topic (pipeline/poison.py).
             self.chain.dead_letter = await KafkaDeadLetterPublisher.start_new(k)
             add_span_agent(self.app, self)
+            if self.panes.processors:
+                await ensure_topics(k, {self.panes.topic: n_partitions})
+                add_pane_agent(self.app, self.panes)
             self.app.on_partitions_assigned.connect(self._on_assigned)
             await self.chain.start()
             self.queries = await open_queries(cfg, self.chain, self.services)
@@ -165,6 +173,9 @@ class WorkerRuntime:
                 asyncio.create_task(self._housekeeping(), name="tracepipe-worker-housekeeping"),
                 asyncio.create_task(self._release_held_on_rebalance(), name="tracepipe-worker-rebalance"),
             ]
+            if self.panes.processors:
+                idle = max(self.config.service.batch.timeout, 0.05) * 5
+                self._tasks.append(asyncio.create_task(self.panes.tick_loop(idle), name="tracepipe-anomaly-tick"))
             self._ready.set()
         except BaseException:
             await self.stop()
@@ -293,6 +304,8 @@ class WorkerRuntime:
         while True:
             await asyncio.sleep(idle)
             self._update_lag()  # also while a batch is stuck on a sink: that is when lag grows
+            if self.panes is not None and self.panes.processors:
+                self.panes.report_idle(self._caught_up_partitions(2 * idle))
             async with self._lock:
                 now = time.monotonic()
                 for tp in [tp for tp, since in self._held_since.items() if now - since > self.hold_timeout]:
@@ -304,11 +317,34 @@ class WorkerRuntime:
                     try:
                         with self._table_context():
                             await self.chain.tick()
+                        await self.events.drain()  # pane contributions of released spans, before their commit
                         if self._holders():  # spans released: their batches' offsets may be committed now
                             for tp in list(self._next):
                                 await self._commit_position(tp)
                     except Exception:
                         log.exception("chain tick failed")
+
+    def _caught_up_partitions(self, quiet: float) -> list[int]:
+        """Span partitions of this worker with nothing delivered for `quiet` seconds and nothing left to
+        read (as far as the consumer knows): their anomaly watermark holds no one back."""
+        try:
+            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == self.kcfg.topic]
+        except Exception:
+            return []
+        now = time.monotonic()
+        out = []
+        for tp in assigned:
+            if now - self._delivered_at.get(tp, self._started_at) < quiet or tp in self._held:
+                continue
+            known = self._next.get(tp)
+            try:
+                hw = self.app.consumer.highwater(tp)
+            except Exception:
+                hw = None
+            # never delivered: idle only when empty (a partition read before a restart is not known to be done)
+            if hw is not None and (known[1] if known is not None else 0) >= hw:
+                out.append(tp.partition)
+        return out
 
     async def _release_held_on_rebalance(self) -> None:
         """Let held messages go when the consumer's flow stops (a rebalance began); see the module doc."""
