@@ -155,16 +155,17 @@ class AnomalyProcessor(BaseProcessor):
         ev = self.evaluator
         if batch.spans:
             future_limit = int(self.clock() * 1e9) + self.skew_ns
+            dirty: dict[str, Any] = {}
+            # Embedded: spans fold straight into the state's open panes; a worker sends fresh ones.
+            existing = ev.open_pane_of(dirty) if self.exchange is None else None
             panes, max_end, future = contribute(batch.spans, self.key_of, self.hop_ns, self.k, self.inv_log_gamma,
-                                                future_limit)
+                                                future_limit, existing)
             if future:
                 self._m_future.inc(future)
             if self.exchange is not None:
                 self.exchange.publish(self.component_id, batch, panes, max_end)
                 return batch
-            ev.load()
             ev.meta["future"] += future
-            dirty: dict[str, Any] = {}
             ev.merge(panes, max_end, dirty)
         elif self.exchange is not None:
             return batch  # the worker ticks its evaluators itself

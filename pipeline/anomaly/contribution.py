@@ -75,9 +75,14 @@ def _number(value: Any) -> float:
 
 
 def contribute(
-    spans: list[Span], key_of: Callable[[Span], str], hop_ns: int, k: int, inv_log_gamma: float, future_limit: int
+    spans: list[Span], key_of: Callable[[Span], str], hop_ns: int, k: int, inv_log_gamma: float, future_limit: int,
+    existing: Callable[[str, int], Pane | None] | None = None,
 ) -> tuple[Panes, int | None, int]:
-    """(panes per key, newest end time, spans from the future): the per-span hot path."""
+    """(panes per key, newest end time, spans from the future): the per-span hot path.
+
+    `existing(key, pane start)`: the state's own open pane of that key, to fold spans into it in
+    place (the embedded runtime, where contribution and evaluation share one process); panes it
+    does not have (new, late, overflow) are returned for `WindowEvaluator.merge` as usual."""
     out: Panes = {}
     cache: dict[tuple[str, int], Pane] = {}
     log = math.log
@@ -95,8 +100,11 @@ def contribute(
         ks = key_of(s)
         pane = cache.get((ks, ps))
         if pane is None:
-            pane = cache[(ks, ps)] = new_pane()
-            out.setdefault(ks, {})[ps] = pane
+            pane = existing(ks, ps) if existing is not None else None
+            if pane is None:
+                pane = new_pane()
+                out.setdefault(ks, {})[ps] = pane
+            cache[(ks, ps)] = pane
         a = s.attributes
         pane[P_CALLS] += 1
         tid = s.trace_id

@@ -32,7 +32,7 @@ from pipeline.anomaly.config import AnomalyConfig, RuleConfig
 from pipeline.anomaly.contribution import Panes, merge_pane, partition_of
 from pipeline.anomaly.rules import Verdict, judge
 from pipeline.anomaly.sketch import SketchMapping
-from pipeline.anomaly.windows import P_CALLS, WindowAggregate, examples_for, finite, merge_panes, window_metrics
+from pipeline.anomaly.windows import P_CALLS, Pane, WindowAggregate, examples_for, finite, merge_panes, window_metrics
 from pipeline.telemetry import Telemetry
 from pipeline.tenants import DEFAULT_TENANT
 
@@ -143,6 +143,28 @@ class WindowEvaluator:
         dirty.clear()
 
     # --- merging contributions -------------------------------------------------------
+
+    def open_pane_of(self, dirty: dict[str, Any]) -> Callable[[str, int], Pane | None]:
+        """For `contribute(existing=...)` in one process: the open pane (key, start) already in the
+        state, marked dirty, or None (a new key or pane, a closed pane: left to `merge`)."""
+        self.load()
+        table = self.table
+        closed = self.meta["closed"]
+
+        def existing(ks: str, ps: int) -> Pane | None:
+            if closed is not None and ps < closed:
+                return None
+            st = dirty.get(ks)
+            if st is None:
+                st = table.get(ks)
+                if st is None:
+                    return None
+            pane = st["p"].get(str(ps))
+            if pane is not None:
+                dirty[ks] = st
+            return pane
+
+        return existing
 
     def merge(self, panes: Panes, max_end: int | None, dirty: dict[str, Any], *, mark: tuple[str, int] | None = None,
               source: int | None = None) -> None:
