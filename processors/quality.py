@@ -36,8 +36,10 @@ per prompt fingerprint (`p:<fp>`: baseline hashes and their embeddings, bounded 
 key (`k:<key>`: the open window, rule states, baselines). The background threads never touch
 the table: their results are applied by `process()`, as a Faust table requires; results applied
 on an idle tick (empty batch, outside stream iteration) are written with the next batch. In
-distributed mode each worker keeps the baselines of the prompts its partitions carried (as the
-anomaly processor does with its keys).
+distributed mode each worker keeps the baselines of the prompts its partitions carried, and its
+quality windows count the results of those partitions (tests/test_quality_distributed.py); unlike
+the anomaly processor's windows they are not merged fleet-wide, so a rule's `window` counts per
+worker: with several workers, set it per the share of traffic one worker sees.
 """
 
 from __future__ import annotations
