@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
@@ -452,17 +453,24 @@ def _clamp_ns(values: list[int]) -> list[int]:
     return values
 
 
-_STR_ONLY = {str}
+class _MapColumns:
+    """Typed string columns taken out of the SpanAttributes map array, in Arrow rather than by one
+    dict lookup per span: a key's value is its map value (the same `attr_text`), "" where absent."""
 
+    def __init__(self, attributes: pa.MapArray) -> None:
+        self.keys, self.items = attributes.keys, attributes.items  # the map is built from offset 0
+        lengths = np.diff(attributes.offsets.to_numpy())
+        self.parents = np.repeat(np.arange(len(attributes)), lengths)  # the row of each key
+        self.present = set(pc.unique(self.keys).to_pylist())  # attribute keys of this batch
+        self.empty = pa.array([""] * len(attributes), _STR)
 
-def _text_column(attrs: list[dict[str, Any]], key: str, present: set[str]) -> pa.Array:
-    """The attribute as a string column ("" where absent); `present`: keys of the batch."""
-    if key not in present:
-        return pa.array([""] * len(attrs), _STR)
-    col = [a.get(key, "") for a in attrs]
-    if not set(map(type, col)) <= _STR_ONLY:
-        col = [v if v.__class__ is str else attr_text(v) for v in col]
-    return pa.array(col, _STR)
+    def text(self, key: str) -> pa.Array:
+        if key not in self.present:
+            return self.empty
+        at = pc.indices_nonzero(pc.equal(self.keys, key))  # one per row at most (dict keys)
+        mask = np.zeros(len(self.empty), dtype=bool)
+        mask[self.parents[at.to_numpy()]] = True
+        return pc.replace_with_mask(self.empty, pa.array(mask), self.items.take(at))
 
 
 def _token_value(v: Any) -> int:
@@ -514,7 +522,9 @@ def _cost_column(attrs: list[dict[str, Any]], present: set[str]) -> pa.Array:
 def spans_to_arrow(spans: list[Span]) -> pa.Table:
     """The spans as an Arrow table with the spans table's columns, built column by column."""
     attrs = [s.attributes for s in spans]
-    present = set(_chain(attrs))  # attribute keys of this batch: absent typed columns cost nothing
+    span_attributes = _map_array(attrs)
+    typed = _MapColumns(span_attributes)
+    present = typed.present  # absent typed columns cost nothing
     # Resources are shared by the spans of one ResourceSpans: convert each once, then take.
     resources = [s.resource for s in spans]
     first: dict[int, int] = {}
@@ -556,7 +566,7 @@ def spans_to_arrow(spans: list[Span]) -> pa.Table:
         "ResourceAttributes": _map_array([r.attributes for r in uniq]).take(take),
         "ScopeName": pa.array([s.scope_name for s in spans], _STR),
         "ScopeVersion": pa.array([s.scope_version for s in spans], _STR),
-        "SpanAttributes": _map_array(attrs),
+        "SpanAttributes": span_attributes,
         "Duration": pa.array(durations, u64),
         "StatusCode": pa.array([_STATUS_NAMES.get(s.status_code, "Unset") for s in spans], _STR),
         "StatusMessage": pa.array([s.status_message for s in spans], _STR),
@@ -568,18 +578,18 @@ def spans_to_arrow(spans: list[Span]) -> pa.Table:
         "Links.TraceState": pa.ListArray.from_arrays(ln_off, pa.array([lk.trace_state for lk in links], _STR)),
         "Links.Attributes": pa.ListArray.from_arrays(ln_off, _map_array([lk.attributes for lk in links])),
         "GenAiProvider": pa.array(providers, _STR),
-        "GenAiOperation": _text_column(attrs, "gen_ai.operation.name", present),
-        "RequestModel": _text_column(attrs, "gen_ai.request.model", present),
-        "ResponseModel": _text_column(attrs, "gen_ai.response.model", present),
+        "GenAiOperation": typed.text("gen_ai.operation.name"),
+        "RequestModel": typed.text("gen_ai.request.model"),
+        "ResponseModel": typed.text("gen_ai.response.model"),
         "InputTokens": _token_column(attrs, "gen_ai.usage.input_tokens", present),
         "OutputTokens": _token_column(attrs, "gen_ai.usage.output_tokens", present),
         "CacheReadTokens": _token_column(attrs, "gen_ai.usage.cache_read.input_tokens", present),
         "CacheCreationTokens": _token_column(attrs, "gen_ai.usage.cache_creation.input_tokens", present),
         "CostUsd": _cost_column(attrs, present),
-        "UserId": _text_column(attrs, "user.id", present),
-        "SessionId": _text_column(attrs, "session.id", present),
-        "ConversationId": _text_column(attrs, "gen_ai.conversation.id", present),
-        "Feature": _text_column(attrs, "app.feature", present),
+        "UserId": typed.text("user.id"),
+        "SessionId": typed.text("session.id"),
+        "ConversationId": typed.text("gen_ai.conversation.id"),
+        "Feature": typed.text("app.feature"),
         "TenantId": pa.array([tenants[i] for i in res_idx], _STR),
     }
     return pa.table(columns)
