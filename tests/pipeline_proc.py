@@ -78,6 +78,18 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 def start_pipeline(data_dir: Path, *extra: str, ready_timeout: float = 60,
                    api_ca: Path | None = None) -> PipelineProcess:
+    """`tracepipe run` on free loopback ports, once ready. A start that lost a port to another
+    process between the pick and the bind is tried again on other ports (twice at most)."""
+    for attempt in range(3):
+        try:
+            return _start_pipeline(data_dir, *extra, ready_timeout=ready_timeout, api_ca=api_ca)
+        except RuntimeError as e:
+            if "address already in use" not in str(e) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_pipeline(data_dir: Path, *extra: str, ready_timeout: float, api_ca: Path | None) -> PipelineProcess:
     ports = [free_port() for _ in range(4)]
     log_path = data_dir.parent / f"{data_dir.name}.log"
     args = [sys.executable, "-m", "pipeline.cli", "run", "--data-dir", str(data_dir),

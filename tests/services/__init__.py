@@ -12,11 +12,13 @@ Each kind lives in its own module here and registers its starters in LOCAL / CON
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -48,10 +50,46 @@ LOCAL: dict[str, Starter] = {}
 CONTAINER: dict[str, Starter] = {}
 
 
+_ISSUED: set[int] = set()  # ports handed out in this run: never twice, even before their process binds
+_LOWEST = 20_000
+_RNG = random.Random()  # its own: a test's seeded global random is neither used nor disturbed
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux; a common default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a service a test is about to start.
+
+    Picked below the kernel's ephemeral range: a port the kernel hands out (what binding port 0
+    gives) can be taken by any outgoing connection between now and the moment the service binds
+    it, which was seen failing a test with "address already in use". A port is handed out once
+    per run."""
+    low = _LOWEST
+    high = _ephemeral_range()[0] - 1
+    if high - low >= 1_000:
+        for _ in range(500):
+            port = _RNG.randint(low, high)
+            if port in _ISSUED:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _ISSUED.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _ISSUED.add(port)
+    return port
 
 
 def wait_for_port(host: str, port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
