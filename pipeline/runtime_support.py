@@ -24,7 +24,8 @@ async def open_queries(config: Config, chain: Chain | None = None, services: Ser
 
     queries = TraceQueries.from_sink_config(spec.config, config.data_dir)
     if services is not None:
-        services.quality_scores = QualityScoreWriter(queries)
+        registry = chain.telemetry.registry if chain is not None else None  # counts the rows it drops
+        services.quality_scores = QualityScoreWriter(queries, registry=registry)
         services.closers.insert(0, services.quality_scores.close)  # before the query layer closes
     return queries
 

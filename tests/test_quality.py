@@ -372,6 +372,8 @@ def test_quality_drop_fires_and_resolves_through_the_alert_path_of_tracepipe_run
             time.sleep(0.2)
         assert [(x["name"], x["span_id"]) for x in scores] == [("quality.similarity", sp0.span_id)], trace
         assert 0.0 <= scores[0]["value"] < 0.7  # a drifted answer: far from the baseline
+        # The runtime's score writer counts on the process's registry (nothing dropped here).
+        assert 'tracepipe_quality_score_rows_dropped_total{reason="queue_full"} 0.0' in p.metrics()
         s.mode = "stable"
         send(s.spans(server, 30), seen)
         deadline = time.monotonic() + 60

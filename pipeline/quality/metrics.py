@@ -1,4 +1,4 @@
-"""Prometheus metrics of the quality processor, on the process's Telemetry registry."""
+"""Prometheus metrics of the quality processor and its score writer, on the process's Telemetry registry."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class QualityMetrics:
     scores: Counter
     similarity: Histogram
     pending: Gauge
+    score_rows_dropped: Counter  # pipeline/quality/score_writer.py
 
 
 _BY_REGISTRY: WeakKeyDictionary[CollectorRegistry, QualityMetrics] = WeakKeyDictionary()
@@ -53,6 +54,14 @@ def quality_metrics(registry: CollectorRegistry) -> QualityMetrics:
                 "quality_pending_scores",
                 "Answers queued for embedding in the background pool.",
                 ["processor"],
+                namespace=NS,
+                registry=registry,
+            ),
+            score_rows_dropped=Counter(
+                "quality_score_rows_dropped",
+                "quality.similarity score rows never written to the scores table (reason: queue_full = the "
+                "writer's buffer was full; insert_failed = still unwritten when the last write at shutdown failed).",
+                ["reason"],
                 namespace=NS,
                 registry=registry,
             ),

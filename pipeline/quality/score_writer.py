@@ -6,10 +6,14 @@ later `process()` call, after the span itself was stored; this writer turns thos
 trace API, the UI) and in `tracepipe quality --by ...` next to the scores users and evaluators post.
 
 `record()` never blocks the chain: rows wait in a bounded buffer (`max_pending`; past it a row is
-dropped and counted) and a background task writes them in one insert every `interval` seconds, and
-once more at shutdown. Rows are derived data, not acknowledged input: a crash loses at most the rows
-of the last interval, and the same result recorded again after a restart keeps its score id
-(`derived_score_id`), its insert deduplicated on those ids.
+dropped) and a background task writes them in one insert every `interval` seconds, and once more at
+shutdown; a failed write keeps its rows for the next one. Rows are derived data, not acknowledged
+input: a crash loses at most the rows of the last interval, and the same result recorded again after
+a restart keeps its score id (`derived_score_id`), its insert deduplicated on those ids.
+
+Every row dropped is counted in `tracepipe_quality_score_rows_dropped_total{reason}`
+(pipeline/quality/metrics.py): `queue_full` (the buffer was full), `insert_failed` (still unwritten
+when the last write at shutdown failed).
 """
 
 from __future__ import annotations
@@ -20,27 +24,43 @@ import logging
 from collections import deque
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from pipeline.quality.metrics import quality_metrics
 from pipeline.query.scores import Score, insert_scores
 
 log = logging.getLogger("tracepipe.quality")
 
 
+DROP_REASONS = ("queue_full", "insert_failed")
+
+
 class QualityScoreWriter:
-    def __init__(self, queries: Any, *, interval: float = 1.0, max_pending: int = 10_000,
-                 max_rows: int = 5_000) -> None:
+    """`registry`: the process's Telemetry registry, where the dropped rows are counted (None: only
+    in `dropped`)."""
+
+    def __init__(self, queries: Any, *, registry: CollectorRegistry | None = None, interval: float = 1.0,
+                 max_pending: int = 10_000, max_rows: int = 5_000) -> None:
         self.queries = queries
         self.interval = interval
         self.max_rows = max_rows
         self._pending: deque[tuple[Score, str]] = deque()
         self._max_pending = max_pending
-        self.dropped = 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.written = 0
         self._task: asyncio.Task[None] | None = None
+        m = quality_metrics(registry).score_rows_dropped if registry is not None else None
+        self._m_dropped = {r: m.labels(r) for r in DROP_REASONS} if m is not None else {}
+
+    def _drop(self, reason: str, n: int) -> None:
+        self.dropped[reason] += n
+        if reason in self._m_dropped:
+            self._m_dropped[reason].inc(n)
 
     def record(self, score: Score, tenant: str) -> None:
         """Queue one derived score for the next write (dropped and counted when the buffer is full)."""
         if len(self._pending) >= self._max_pending:
-            self.dropped += 1
+            self._drop("queue_full", 1)
             return
         self._pending.append((score, tenant))
         if self._task is None:
@@ -71,5 +91,9 @@ class QualityScoreWriter:
                 await self._task
             self._task = None
         await self.flush()
-        if self.dropped:
-            log.warning("quality scores: %d row(s) dropped, the buffer was full", self.dropped)
+        if self._pending:
+            self._drop("insert_failed", len(self._pending))
+            self._pending.clear()
+        if any(self.dropped.values()):
+            log.warning("quality scores: row(s) dropped: %d (buffer full), %d (unwritten at shutdown)",
+                        self.dropped["queue_full"], self.dropped["insert_failed"])
