@@ -4,8 +4,9 @@ A score names a trace (and optionally one span), has a `name` ("helpfulness", "t
 "quality.similarity"), a numeric value (booleans are stored as 1/0) or a categorical one
 (a short string), an optional comment and a `source`: api, user, evaluator or quality. It is
 stored in ClickHouse next to the spans (`<database>.tracepipe_scores`, created by the clickhouse
-sink's schema code and, if the sink has not run yet, by the first insert), under the tenant of
-the token that sent it (never a tenant the client claims).
+sink's schema code and, if the sink has not run yet, by the first insert through a client: once
+per client and database, and again if an insert finds the table gone), under the tenant of the
+token that sent it (never a tenant the client claims).
 
 - `validate_score(body)`: a clean `Score` or ValueError naming the bad field.
 - `insert_score(queries, score, tenant)`: stores one score, returns it with its id and time.
@@ -21,11 +22,15 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from weakref import WeakKeyDictionary
+
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 SCORES_TABLE = "tracepipe_scores"
 SOURCES = ("api", "user", "evaluator", "quality")
@@ -136,11 +141,34 @@ COLUMNS = ["Timestamp", "TenantId", "ScoreId", "TraceId", "SpanId", "Name", "Dat
            "Comment", "Source"]
 
 
-def _insert(client: Any, database: str, rows: list[list[Any]], token: str | None = None) -> None:
+_UNKNOWN_TABLE = 60
+# The databases each client has created the scores table in (its DDL runs once per client and database).
+_TABLE_CREATED: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()
+_TABLE_LOCK = threading.Lock()
+
+
+def _ensure_table(client: Any, database: str, *, again: bool = False) -> None:
+    """CREATE TABLE IF NOT EXISTS, the first time this client writes to `database` (or `again`)."""
+    with _TABLE_LOCK:
+        if not again and database in _TABLE_CREATED.get(client, ()):
+            return
     for stmt in scores_schema_statements(database):
         client.command(stmt)
+    with _TABLE_LOCK:
+        _TABLE_CREATED.setdefault(client, set()).add(database)
+
+
+def _insert(client: Any, database: str, rows: list[list[Any]], token: str | None = None) -> None:
+    _ensure_table(client, database)
     settings = {"insert_deduplicate": 1, "insert_deduplication_token": token} if token else None
-    client.insert(f"`{database}`.`{SCORES_TABLE}`", rows, column_names=COLUMNS, settings=settings)
+    table = f"`{database}`.`{SCORES_TABLE}`"
+    try:
+        client.insert(table, rows, column_names=COLUMNS, settings=settings)
+    except DatabaseError as e:
+        if getattr(e, "code", None) != _UNKNOWN_TABLE and "Code: 60." not in str(e):
+            raise
+        _ensure_table(client, database, again=True)  # dropped since this client created it
+        client.insert(table, rows, column_names=COLUMNS, settings=settings)
 
 
 def _row(score: Score, tenant: str, score_id: str, now_ns: int) -> list[Any]:
