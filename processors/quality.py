@@ -27,8 +27,9 @@ matches counting 1.0) and `changed_answer_rate` (share of answers not equal to a
 answer). Windows count results, not seconds: a sampled signal arrives late and unevenly, and
 a count window always holds enough samples to judge. A rule fires once (`firing`) after
 `for_windows` bad windows and resolves after `resolve_windows` good ones; events have the
-anomaly processor's shape (type "anomaly", rule, metric, key, observed, threshold, summary)
-and leave through the same `ctx.emit_event("anomaly", ...)` path to the alert sinks.
+anomaly processor's shape (type "anomaly", rule, metric, key, observed, threshold, summary; both
+built by pipeline/anomaly/events.py) and leave through the same `ctx.emit_event("anomaly", ...)`
+path to the alert sinks.
 
 State (`ctx.state.table("quality/<id>")`, JSON values, written back once per batch): one value
 per prompt fingerprint (`p:<fp>`: baseline hashes and their embeddings, bounded by
@@ -51,7 +52,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +59,7 @@ from pydantic import Field, model_validator
 
 from pipeline.anomaly import baseline as bl
 from pipeline.anomaly.config import BaselineConfig
+from pipeline.anomaly.events import EVENT_KIND, alert_event, fingerprint, iso, summary
 from pipeline.anomaly.rules import judge
 from pipeline.component import BaseProcessor, ComponentConfig, ComponentContext, Factory
 from pipeline.quality.embedder import Embedder, missing_packages, similarity
@@ -69,7 +70,6 @@ from pipeline.semconv import model_of
 from pipeline.spans import Span, SpanBatch
 from pipeline.tenants import DEFAULT_TENANT, TENANT_ATTRIBUTE
 
-EVENT_KIND = "anomaly"
 SCORE_NAME = "quality.similarity"  # the score row each applied result writes (source: quality)
 SEP = "\x1f"
 QualityMetric = Literal["similarity_mean", "changed_answer_rate"]
@@ -160,10 +160,6 @@ def _sampled(trace_id: str, rate: float) -> bool:
         return int(trace_id[-8:], 16) / 0xFFFFFFFF < rate
     except ValueError:
         return int(hashlib.blake2b(trace_id.encode(), digest_size=4).hexdigest(), 16) / 0xFFFFFFFF < rate
-
-
-def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _getter(dim: str) -> Callable[[Span], str]:
@@ -465,37 +461,26 @@ class QualityProcessor(BaseProcessor):
         n: int,
     ) -> None:
         dims = dict(zip(self.config.group_by, key.split(SEP), strict=False))
-        fp = hashlib.sha1(f"{self.component_id}|{rule.name}|{tenant}|{key}".encode()).hexdigest()[:16]
-        key_text = " ".join(f"{d}={v or '-'}" for d, v in dims.items())
-        tag = "RESOLVED" if state == "resolved" else rule.severity.upper()
-        verb = "is" if state == "firing" else "back to"
-        thr = "-" if threshold is None else f"{threshold:.4g}"
         now = int(self.clock() * 1e9)
-        event = {
-            "type": EVENT_KIND,
-            "id": f"{fp}:{state}:{window_no}",
-            "fingerprint": fp,
-            "state": state,
-            "processor": self.component_id,
-            "rule": rule.name,
-            "metric": rule.metric,
-            "kind": rule.kind,
-            "direction": rule.direction,
-            "severity": rule.severity,
-            "key": dims,
-            "tenant": tenant,
-            "window": {"results": n, "index": window_no, "end": _iso(now), "end_ns": now},
-            "observed": value,
-            "baseline": None,
-            "threshold": threshold,
-            "rule_threshold": rule.threshold,
-            "detail": "",
-            "calls": n,
-            "example_trace_ids": [r["trace_id"] for r in list(self.recent)[-5:] if r["similarity"] < 1.0][:5],
-            "summary": f"[{tag}] Quality Drop Detected: {rule.name} {state} for {key_text}: {rule.metric} {verb} "
-            f"{value:.3g}, threshold {thr} ({rule.kind}), last {n} scored answers",
-            "emitted_at": _iso(now),
-        }
+        event = alert_event(
+            state,
+            rule,
+            processor=self.component_id,
+            fingerprint=fingerprint(self.component_id, rule.name, tenant, key),
+            at=window_no,
+            key=dims,
+            tenant=tenant,
+            window={"results": n, "index": window_no, "end": iso(now), "end_ns": now},
+            observed=value,
+            baseline=None,
+            threshold=threshold,
+            detail="",
+            calls=n,
+            example_trace_ids=[r["trace_id"] for r in list(self.recent)[-5:] if r["similarity"] < 1.0][:5],
+            summary=summary(state, rule, dims, f"{value:.3g}", threshold, f"last {n} scored answers",
+                            title="Quality Drop Detected: "),
+            emitted_at=iso(now),
+        )
         if self.ctx.emit_event is not None:
             self.ctx.emit_event(EVENT_KIND, event)
 

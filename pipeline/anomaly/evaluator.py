@@ -20,16 +20,15 @@ redelivered contribution is ignored (distributed only; embedded batches run once
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.anomaly import baseline as bl
 from pipeline.anomaly.config import AnomalyConfig, RuleConfig
 from pipeline.anomaly.contribution import Panes, merge_pane, partition_of
+from pipeline.anomaly.events import EVENT_KIND, alert_event, fingerprint, fmt, iso, summary
 from pipeline.anomaly.rules import Verdict, judge
 from pipeline.anomaly.sketch import SketchMapping
 from pipeline.anomaly.windows import P_CALLS, Pane, WindowAggregate, examples_for, finite, merge_panes, window_metrics
@@ -40,7 +39,6 @@ META = "__meta__"
 SEP = "\x1f"
 TENANT_SEP = "\x1e"  # never in a tenant name (see sinks/clickhouse.py's rule) nor produced by key_function
 PART_SEP = "\x1d"  # distributed: the overflow key of one partition is `<overflow key>\x1d<partition>`
-EVENT_KIND = "anomaly"
 MAX_MARKS = 512  # dedup marks kept per (key, pane): offset streams need one per span partition
 
 # rule state: [active, hit_streak, ok_streak, last_fired_window_end_ns, firing_window_end_ns]
@@ -53,16 +51,6 @@ def split_tenant(ks: str) -> tuple[str, str]:
     """A state key as (tenant, key of the dimensions)."""
     tenant, sep, rest = ks.partition(TENANT_SEP)
     return (tenant, rest) if sep else (DEFAULT_TENANT, ks)
-
-
-def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}"
 
 
 class WindowEvaluator:
@@ -378,7 +366,7 @@ class WindowEvaluator:
     # --- events ----------------------------------------------------------------------
 
     def fingerprint(self, rule: str, ks: str) -> str:
-        return hashlib.sha1(f"{self.component_id}|{rule}|{ks}".encode()).hexdigest()[:16]
+        return fingerprint(self.component_id, rule, ks)
 
     def _send(
         self,
@@ -394,50 +382,37 @@ class WindowEvaluator:
         n = len(self.config.group_by)
         tenant, dims_key = split_tenant(ks.partition(PART_SEP)[0])
         dims = dict(zip(self.config.group_by, (dims_key.split(SEP, n - 1) + [""] * n)[:n], strict=True))
-        fp = self.fingerprint(rule.name, ks)
-        key_text = " ".join(f"{d}={v or '-'}" for d, v in dims.items())
         baseline = None if base is None else {"mean": base[0], "std": bl.std(base), "windows": int(base[2])}
         change = ""
         if baseline and baseline["mean"] and value is not None:
-            change = f" ({(value / baseline['mean'] - 1) * 100:+.0f}% vs baseline {_fmt(baseline['mean'])})"
-        verb = "is" if state == "firing" else "back to"
-        tag = "RESOLVED" if state == "resolved" else rule.severity.upper()
-        summary = (
-            f"[{tag}] {rule.name} {state} for {key_text}: {rule.metric} {verb} {_fmt(value)}{change}"
-            f", threshold {_fmt(verdict.threshold)} ({rule.kind}), window {_iso(agg.start_ns)}..{_iso(agg.end_ns)}"
-        )
-        event: dict[str, Any] = {
-            "type": EVENT_KIND,
-            "id": f"{fp}:{state}:{agg.end_ns}",
-            "fingerprint": fp,
-            "state": state,
-            "processor": self.component_id,
-            "rule": rule.name,
-            "metric": rule.metric,
-            "kind": rule.kind,
-            "direction": rule.direction,
-            "severity": rule.severity,
-            "key": dims,
-            "tenant": tenant,
-            "window": {
-                "start": _iso(agg.start_ns),
-                "end": _iso(agg.end_ns),
+            change = f" ({(value / baseline['mean'] - 1) * 100:+.0f}% vs baseline {fmt(baseline['mean'])})"
+        start, end = iso(agg.start_ns), iso(agg.end_ns)
+        event = alert_event(
+            state,
+            rule,
+            processor=self.component_id,
+            fingerprint=self.fingerprint(rule.name, ks),
+            at=agg.end_ns,
+            key=dims,
+            tenant=tenant,
+            window={
+                "start": start,
+                "end": end,
                 "start_ns": agg.start_ns,
                 "end_ns": agg.end_ns,
                 "size_seconds": self.config.window.size,
             },
-            "observed": value,
-            "baseline": baseline,
-            "threshold": verdict.threshold,
-            "rule_threshold": rule.threshold,
-            "detail": verdict.detail,
-            "calls": agg.calls,
-            "example_trace_ids": examples_for(rule.metric, agg, self.k),
-            "summary": summary,
-            "emitted_at": _iso(int(self.clock() * 1e9)),
-        }
+            observed=value,
+            baseline=baseline,
+            threshold=verdict.threshold,
+            detail=verdict.detail,
+            calls=agg.calls,
+            example_trace_ids=examples_for(rule.metric, agg, self.k),
+            summary=summary(state, rule, dims, fmt(value) + change, verdict.threshold, f"window {start}..{end}"),
+            emitted_at=iso(int(self.clock() * 1e9)),
+        )
         if fired_at is not None:
-            event["fired_window_end"] = _iso(fired_at)
+            event["fired_window_end"] = iso(fired_at)
         if self._emit is not None:
             self._emit(EVENT_KIND, event)
 
