@@ -83,7 +83,7 @@ def _run_app(kafka: RunningService, tmp_path: Path, topic: str, skip: str, phase
             deadline = time.monotonic() + 90
             while not done.exists():
                 assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "the Faust app never consumed the topic:\n" + log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the app never consumed the topic:\n" + log.read_text()[-3000:]
                 time.sleep(0.2)
             time.sleep(2.0)  # ten commit intervals: Faust commits what it considers acked
         finally:
