@@ -4,8 +4,8 @@ The agent consumes the span topic with Faust's documented manual-ack batching,
 `stream.noack_take(max_batch_messages, within=service.batch.timeout)`: it yields events
 that Faust never acks on its own. The runtime commits each batch's offsets itself once
 every sink acknowledged it, then marks the messages done without acking them into Faust's
-commit bookkeeping, which around rebalances was measured committing past a message its
-consumer skipped (`pipeline.worker.runtime`, `pipeline.worker.faust_compat`). The group
+commit bookkeeping, which commits past a message that was never acked
+(`tests/test_faust_ack_bookkeeping.py`, `pipeline.worker.faust_compat`). The group
 settings (static membership, session, heartbeat and rebalance timeouts) go through Faust's
 public `consumer_group_instance_id` and `broker_*` settings.
 """

@@ -2,9 +2,13 @@
 
 The worker owns its span offsets (`pipeline.worker.runtime`): it commits each batch once
 every sink acknowledged it, and keeps those messages out of Faust's own ack bookkeeping,
-whose gap filling and `Consumer._new_offset` off-by-one were measured committing past a
-message the consumer skipped around a rebalance. Faust has no public API for that, so
-the few internals it takes live here, each behind a function named for what it does:
+whose `Consumer._new_offset` commits past a message that was never acked when it is the
+first of its partition or sits right after the committed offset (an off-by-one; shown
+against the broker with only Faust's public `noack_take` + `Stream.ack` by
+`tests/test_faust_ack_bookkeeping.py`, which fails once a Faust release fixes it). A batch
+whose spans tail sampling holds leaves exactly such a message un-acked. Faust has no public
+API to commit exact offsets, so the few internals it takes live here, each behind a function
+named for what it does:
 
 - `release_uncommitted(events)`: mark messages done (`Message.acked`) so that a rebalance's
   `wait_empty` stops waiting for them, without entering Faust's commit bookkeeping;
