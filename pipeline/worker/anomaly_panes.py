@@ -18,7 +18,9 @@ key is evaluated, once, whatever the number of workers:
   source batch's dedup mark; alerts leave through the worker's alert path and are acked
   before the record is.
 - `report_idle` (the runtime's housekeeping) names the span partitions this worker has read to
-  their end, so a partition without traffic does not hold every watermark back.
+  their end, so a partition without traffic does not hold every watermark back; `report_busy`
+  (the runtime, before it runs a take) withdraws that for the partitions the take brings
+  messages of, and on a worker's first take every idle mark an earlier owner left.
 - `tick_loop` closes windows by the wall clock (`idle_close`) for the partitions this worker
   owns, written under the partition's last record.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.anomaly.contribution import Panes, dedup_mark, partition_of
@@ -87,6 +90,19 @@ class AnomalyPaneExchange:
             value = json.dumps({"proc": proc_id, "idle": idle, "n": self.partitions}).encode()
             for q in range(self.partitions):
                 self.runtime.events.emit_record(self.topic, q, proc_id.encode(), value)
+
+    def report_busy(self, sources: Iterable[int]) -> None:
+        """Span partitions whose new messages are about to run: withdraw their idle report before
+        any of their contributions goes out. Else the first of them to be merged moves the
+        watermark past spans the others bring next (partitions still marked idle hold nothing
+        back), and those land in closed windows. Before this worker's first report, every idle
+        mark is withdrawn: an earlier owner of its partitions (a killed worker) may have left
+        some that no longer hold."""
+        busy = set(sources)
+        reported = self._idle_reported
+        if reported is not None and busy.isdisjoint(reported):
+            return
+        self.report_idle([s for s in reported or () if s not in busy])
 
     # --- evaluating (the panes agent) ------------------------------------------------
 

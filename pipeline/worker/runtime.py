@@ -395,6 +395,8 @@ class WorkerRuntime:
         for ev in events:
             by_tp.setdefault(ev.message.tp, []).append(ev)
         async with self._lock:
+            if self.panes is not None and self.panes.processors:  # before any contribution of the take
+                self.panes.report_busy(tp.partition for tp in by_tp)
             now = time.monotonic()
             for tp, evs in by_tp.items():
                 self._delivered_at[tp] = now
