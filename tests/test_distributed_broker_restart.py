@@ -7,8 +7,8 @@ receiver run as real subprocesses; mid-stream the broker is killed (SIGKILL) and
 the same port after a pause longer than the worker's session timeout. Neither role is touched:
 the receiver must refuse data with a retryable code while the broker is gone and accept it again
 once it is back, and the worker must reconnect and carry on from its committed offsets by
-itself. Every span (producer's and receiver's) must come out of chDB exactly once, with the cost
-total of pricing the same spans in-process. The seconds from "broker back" to "the worker
+itself. Every span (producer's and receiver's) must come out of chDB exactly once,
+with the cost total of pricing the same spans in-process. The seconds from "broker back" to "the worker
 committed (= stored) a message produced after it" and to "the receiver is ready" are printed
 (figures, not assertions).
 
@@ -164,6 +164,11 @@ def _export(stub: trace_service_pb2_grpc.TraceServiceStub, req: ExportTraceServi
         return e.code()
 
 
+def _span_keys(requests: list[ExportTraceServiceRequest]) -> set[tuple[str, str]]:
+    return {(span.trace_id.hex(), span.span_id.hex()) for req in requests for rs in req.resource_spans
+            for ss in rs.scope_spans for span in ss.spans}
+
+
 def test_broker_restart_under_a_running_worker_and_receiver_loses_nothing(broker: PersistentKafka,
                                                                          tmp_path: Path) -> None:
     topic, group = "restart_spans", "restart-workers"
@@ -206,14 +211,20 @@ def test_broker_restart_under_a_running_worker_and_receiver_loses_nothing(broker
         receiver.stop()
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
+    requests = stream.requests + via_receiver[:-1]
+    expected = _span_keys(requests)
     print(f"\nbroker down {DOWN_SECONDS:.0f} s (SIGKILL, s3 storage kept); recovery after the broker was back: "
           f"worker committed a message produced after it in {recovery:.2f} s, receiver ready in "
           f"{receiver_back:.2f} s; producer requests {before} before, {len(stream.requests) - before} after, "
-          f"{RECEIVER_REQUESTS} through the receiver; spans {sent}; worker behind when the broker died: {behind}")
+          f"{RECEIVER_REQUESTS} through the receiver; spans {len(expected)}; worker behind when the broker died: "
+          f"{behind}")
     rows = read_rows(chdb)
     keys = [(t, s) for t, s, _, _ in rows]
-    assert len(set(keys)) == sent, f"spans missing, messages {stream.missing(set(keys))}"
-    assert len(rows) == sent, "spans stored twice"
+    assert len(expected) == sum(spans_in(r) for r in requests)
+    missing, extra = expected - set(keys), set(keys) - expected
+    assert not missing, f"{len(missing)} spans missing, messages {stream.missing(set(keys))}"
+    assert not extra, f"{len(extra)} spans stored that were never sent"
+    assert len(rows) == len(expected), f"{len(rows) - len(expected)} spans stored twice"
     cost = sum(c or 0.0 for *_, c in rows)
     assert cost > 0
-    assert cost == pytest.approx(expected_cost(cfg, stream.requests + via_receiver[:-1]), rel=1e-12, abs=1e-12)
+    assert cost == pytest.approx(expected_cost(cfg, requests), rel=1e-12, abs=1e-12)
