@@ -1,8 +1,9 @@
 """The receiver's Kafka transport: OTLP export requests -> one Kafka message per partition.
 
 `offer(request, spans, timeout, raw)` splits the request by trace id into one
-ExportTraceServiceRequest per trace (resource and scope wrappers kept; an unchanged
-one-trace request goes as the `raw` bytes received). Each trace's partition is the one its
+ExportTraceServiceRequest per trace (resource and scope wrappers kept; when the request is
+unchanged, a one-trace request goes as the `raw` bytes received and a one-trace ResourceSpans
+as its slice of them). Each trace's partition is the one its
 key (the trace id in lowercase hex) hashes to, as Kafka's default partitioner places a keyed
 message, so every span of a trace lands on one partition (tail sampling and per-trace rollups
 need that), and the traces of a request bound for one partition travel as ONE message (the
@@ -48,58 +49,83 @@ from pipeline.transport.memory import Offer
 
 log = logging.getLogger("tracepipe.transport.kafka")
 
-__all__ = ["KafkaRequestTransport", "pack_by_partition", "split_by_trace"]
+__all__ = ["KafkaRequestTransport", "pack_by_partition", "resource_spans_fields", "split_by_trace"]
 
 
 def split_by_trace(request: ExportTraceServiceRequest, raw: bytes | None = None) -> list[tuple[bytes, bytes]]:
     """(key, value) per trace: key = trace id hex, value = the trace's spans as an
     ExportTraceServiceRequest keeping their resource and scope wrappers (and schema urls).
 
-    `raw`: the bytes `request` was parsed from, when nothing in it was changed; a request
-    holding one trace is then forwarded as those bytes. Otherwise the value is assembled
-    from serialised parts at the coarsest level holding one trace: a whole ResourceSpans
-    (one serialisation, no copy), else a whole ScopeSpans, else single spans under their
-    resource and scope. Repeated fields concatenate on the wire, so the parts are joined
-    with their field headers instead of building a message per trace."""
-    # per ResourceSpans, per ScopeSpans: trace id -> that scope's spans of the trace
-    grouped: list[list[dict[bytes, list[Any]]]] = []
-    traces: set[bytes] = set()
-    for rs in request.resource_spans:
-        scopes: list[dict[bytes, list[Any]]] = []
-        for ss in rs.scope_spans:
-            by_trace: dict[bytes, list[Any]] = {}
-            for sp in ss.spans:
-                spans = by_trace.get(sp.trace_id)
-                if spans is None:
-                    by_trace[sp.trace_id] = [sp]
-                else:
-                    spans.append(sp)
-            scopes.append(by_trace)
-            traces.update(by_trace)
-        grouped.append(scopes)
-    if len(traces) == 1 and raw is not None:
-        return [(next(iter(traces)).hex().encode(), raw)]
-    resource_spans: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ResourceSpans
-    for rs, scopes in zip(request.resource_spans, grouped, strict=True):
-        in_rs = {tid for by_trace in scopes for tid in by_trace}
+    `raw`: the bytes `request` was parsed from, when nothing in it was changed. A request
+    holding one trace is then forwarded as those bytes, and a ResourceSpans holding one trace
+    as its slice of them (`resource_spans_fields`): nothing is serialised again. Otherwise
+    the value is assembled from serialised parts at the coarsest level holding one trace: a
+    whole ResourceSpans, else a whole ScopeSpans, else single spans under their resource and
+    scope. Repeated fields concatenate on the wire, so the parts are joined with their field
+    headers instead of building a message per trace."""
+    fields = resource_spans_fields(raw) if raw is not None else None
+    if fields is not None and len(fields) != len(request.resource_spans):
+        fields = None  # not the bytes of this request
+    out: dict[bytes, list[bytes]] = {}  # trace id -> its ResourceSpans fields (header included)
+    for i, rs in enumerate(request.resource_spans):
+        scope_traces = [{sp.trace_id for sp in ss.spans} for ss in rs.scope_spans]
+        in_rs = set().union(*scope_traces)
         if len(in_rs) == 1:
-            resource_spans.setdefault(in_rs.pop(), []).append(rs.SerializeToString())
+            tid = in_rs.pop()
+            out.setdefault(tid, []).append(fields[i] if fields is not None else _field(_F1, rs.SerializeToString()))
             continue
-        head = _field(_F1, rs.resource.SerializeToString()) if rs.HasField("resource") else b""
-        tail = _field(_F3, rs.schema_url.encode()) if rs.schema_url else b""
-        parts: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ScopeSpans in this resource
-        for ss, by_trace in zip(rs.scope_spans, scopes, strict=True):
-            if len(by_trace) == 1:
-                parts.setdefault(next(iter(by_trace)), []).append(_field(_F2, ss.SerializeToString()))
-                continue
-            s_head = _field(_F1, ss.scope.SerializeToString()) if ss.HasField("scope") else b""
-            s_tail = _field(_F3, ss.schema_url.encode()) if ss.schema_url else b""
-            for tid, spans in by_trace.items():
-                body = b"".join([s_head, *[_field(_F2, sp.SerializeToString()) for sp in spans], s_tail])
-                parts.setdefault(tid, []).append(_field(_F2, body))
-        for tid, scope_parts in parts.items():
-            resource_spans.setdefault(tid, []).append(b"".join([head, *scope_parts, tail]))
-    return [(tid.hex().encode(), b"".join([_field(_F1, p) for p in rss])) for tid, rss in resource_spans.items()]
+        for tid, body in _split_resource_spans(rs, scope_traces).items():
+            out.setdefault(tid, []).append(_field(_F1, body))
+    if len(out) == 1 and raw is not None:
+        return [(next(iter(out)).hex().encode(), raw)]
+    return [(tid.hex().encode(), b"".join(parts)) for tid, parts in out.items()]
+
+
+def _split_resource_spans(rs: Any, scope_traces: list[set[bytes]]) -> dict[bytes, bytes]:
+    """A ResourceSpans holding several traces -> trace id -> that trace's serialised ResourceSpans."""
+    head = _field(_F1, rs.resource.SerializeToString()) if rs.HasField("resource") else b""
+    tail = _field(_F3, rs.schema_url.encode()) if rs.schema_url else b""
+    parts: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ScopeSpans in this resource
+    for ss, traces in zip(rs.scope_spans, scope_traces, strict=True):
+        if len(traces) == 1:
+            parts.setdefault(next(iter(traces)), []).append(_field(_F2, ss.SerializeToString()))
+            continue
+        by_trace: dict[bytes, list[bytes]] = {}
+        for sp in ss.spans:
+            by_trace.setdefault(sp.trace_id, []).append(_field(_F2, sp.SerializeToString()))
+        s_head = _field(_F1, ss.scope.SerializeToString()) if ss.HasField("scope") else b""
+        s_tail = _field(_F3, ss.schema_url.encode()) if ss.schema_url else b""
+        for tid, spans in by_trace.items():
+            parts.setdefault(tid, []).append(_field(_F2, b"".join([s_head, *spans, s_tail])))
+    return {tid: b"".join([head, *scope_parts, tail]) for tid, scope_parts in parts.items()}
+
+
+def resource_spans_fields(raw: bytes) -> list[bytes] | None:
+    """The top-level fields of a serialised ExportTraceServiceRequest, one per ResourceSpans,
+    each with its field header (so joining any of them is again a request); None when `raw`
+    holds anything else (an unknown field, a malformed length)."""
+    out: list[bytes] = []
+    pos, end = 0, len(raw)
+    while pos < end:
+        if raw[pos] != 0x0A:  # field 1, length-delimited: resource_spans
+            return None
+        start = pos
+        pos += 1
+        size = shift = 0
+        while True:
+            if pos >= end or shift > 35:
+                return None
+            b = raw[pos]
+            pos += 1
+            size |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        pos += size
+        if pos > end:
+            return None
+        out.append(raw[start:pos])
+    return out
 
 
 Message = tuple[bytes | None, bytes, int | None]  # key, value, partition (None: the partitioner's choice)
