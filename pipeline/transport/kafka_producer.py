@@ -42,7 +42,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from pipeline.config import KafkaTransportConfig
 from pipeline.telemetry import Telemetry
-from pipeline.transport.aiokafka_compat import check_compatible, discard_queued
+from pipeline.transport.aiokafka_compat import check_compatible, discard_queued, set_gzip_level
 from pipeline.transport.kafka_common import client_kwargs
 from pipeline.transport.kafka_partitioner import KeyPartitioner, murmur2
 from pipeline.transport.memory import Offer
@@ -225,6 +225,7 @@ class KafkaRequestTransport:
         try:
             await asyncio.wait_for(producer.start(), self.cfg.produce_timeout * 3)
             check_compatible(producer)  # fail at start, not when the broker goes down
+            set_gzip_level(self.cfg.gzip_level)  # aiokafka_compat: aiokafka itself takes no level
         except BaseException:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(producer.stop(), 5)
