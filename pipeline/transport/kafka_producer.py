@@ -52,13 +52,15 @@ log = logging.getLogger("tracepipe.transport.kafka")
 __all__ = ["KafkaRequestTransport", "pack_by_partition", "resource_spans_fields", "split_by_trace"]
 
 
-def split_by_trace(request: ExportTraceServiceRequest, raw: bytes | None = None) -> list[tuple[bytes, bytes]]:
+def split_by_trace(request: ExportTraceServiceRequest,
+                   raw: bytes | None = None) -> list[tuple[bytes, bytes | memoryview]]:
     """(key, value) per trace: key = trace id hex, value = the trace's spans as an
     ExportTraceServiceRequest keeping their resource and scope wrappers (and schema urls).
 
     `raw`: the bytes `request` was parsed from, when nothing in it was changed. A request
     holding one trace is then forwarded as those bytes, and a ResourceSpans holding one trace
-    as its slice of them (`resource_spans_fields`): nothing is serialised again. Otherwise
+    as its slice of them (`resource_spans_fields`, a memoryview: not even copied until the
+    messages are packed): nothing is serialised again. Otherwise
     the value is assembled from serialised parts at the coarsest level holding one trace: a
     whole ResourceSpans, else a whole ScopeSpans, else single spans under their resource and
     scope. Repeated fields concatenate on the wire, so the parts are joined with their field
@@ -66,7 +68,7 @@ def split_by_trace(request: ExportTraceServiceRequest, raw: bytes | None = None)
     fields = resource_spans_fields(raw) if raw is not None else None
     if fields is not None and len(fields) != len(request.resource_spans):
         fields = None  # not the bytes of this request
-    out: dict[bytes, list[bytes]] = {}  # trace id -> its ResourceSpans fields (header included)
+    out: dict[bytes, list[bytes | memoryview]] = {}  # trace id -> its ResourceSpans fields (header included)
     for i, rs in enumerate(request.resource_spans):
         scope_traces = [{sp.trace_id for sp in ss.spans} for ss in rs.scope_spans]
         in_rs = set().union(*scope_traces)
@@ -78,7 +80,7 @@ def split_by_trace(request: ExportTraceServiceRequest, raw: bytes | None = None)
             out.setdefault(tid, []).append(_field(_F1, body))
     if len(out) == 1 and raw is not None:
         return [(next(iter(out)).hex().encode(), raw)]
-    return [(tid.hex().encode(), b"".join(parts)) for tid, parts in out.items()]
+    return [(tid.hex().encode(), parts[0] if len(parts) == 1 else b"".join(parts)) for tid, parts in out.items()]
 
 
 def _split_resource_spans(rs: Any, scope_traces: list[set[bytes]]) -> dict[bytes, bytes]:
@@ -100,11 +102,12 @@ def _split_resource_spans(rs: Any, scope_traces: list[set[bytes]]) -> dict[bytes
     return {tid: b"".join([head, *scope_parts, tail]) for tid, scope_parts in parts.items()}
 
 
-def resource_spans_fields(raw: bytes) -> list[bytes] | None:
+def resource_spans_fields(raw: bytes) -> list[memoryview] | None:
     """The top-level fields of a serialised ExportTraceServiceRequest, one per ResourceSpans,
-    each with its field header (so joining any of them is again a request); None when `raw`
-    holds anything else (an unknown field, a malformed length)."""
-    out: list[bytes] = []
+    each with its field header (so joining any of them is again a request), as views of `raw`;
+    None when `raw` holds anything else (an unknown field, a malformed length)."""
+    view = memoryview(raw)
+    out: list[memoryview] = []
     pos, end = 0, len(raw)
     while pos < end:
         if raw[pos] != 0x0A:  # field 1, length-delimited: resource_spans
@@ -124,21 +127,21 @@ def resource_spans_fields(raw: bytes) -> list[bytes] | None:
         pos += size
         if pos > end:
             return None
-        out.append(raw[start:pos])
+        out.append(view[start:pos])
     return out
 
 
 Message = tuple[bytes | None, bytes, int | None]  # key, value, partition (None: the partitioner's choice)
 
 
-def pack_by_partition(messages: Sequence[tuple[bytes, bytes]], partitions: int,
+def pack_by_partition(messages: Sequence[tuple[bytes, bytes | memoryview]], partitions: int,
                       max_bytes: int) -> list[Message]:
     """Per-trace (key, value) messages -> one message per partition (values concatenated: one
     ExportTraceServiceRequest on the wire), each at most `max_bytes` unless one trace alone is
     larger. A partition's traces keep their order; the message is keyed by its first trace."""
     if partitions <= 0 or len(messages) <= 1:
-        return [(k, v, None) for k, v in messages]
-    open_: dict[int, tuple[bytes, list[bytes], int]] = {}  # partition -> (key, values, size)
+        return [(k, bytes(v) if isinstance(v, memoryview) else v, None) for k, v in messages]
+    open_: dict[int, tuple[bytes, list[bytes | memoryview], int]] = {}  # partition -> (key, values, size)
     out: list[Message] = []
     for key, value in messages:
         part = (murmur2(key) & 0x7FFFFFFF) % partitions
