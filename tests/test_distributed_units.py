@@ -8,7 +8,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.workload import make_request, spans_in
-from pipeline.transport.kafka_partitioner import KeyPartitioner
+from pipeline.transport.kafka_partitioner import KeyPartitioner, partitions_of
 from pipeline.transport.kafka_producer import pack_by_partition, resource_spans_fields, split_by_trace
 from pipeline.worker.cuts import PlannedBatch, contiguous_run, plan_batches
 
@@ -101,6 +101,16 @@ def test_key_partitioner_places_every_key_where_aiokafkas_default_partitioner_do
         parts = list(range(n))
         assert [ours(k, parts, parts) for k in keys] == [theirs(k, parts, parts) for k in keys]
     assert ours(None, [0, 1, 2], [2]) == 2
+
+
+def test_partitions_of_a_request_are_where_aiokafkas_default_partitioner_puts_each_key() -> None:
+    theirs = DefaultPartitioner()
+    trace_keys = [os.urandom(16).hex().encode() for _ in range(300)]
+    for keys in (trace_keys, [os.urandom(8) for _ in range(50)], [os.urandom(n) for n in range(12)], trace_keys[:1]):
+        for n in (1, 4, 12, 7):
+            parts = list(range(n))
+            assert partitions_of(keys, n) == [theirs(k, parts, parts) for k in keys]
+    assert partitions_of([], 4) == []
 
 
 def test_fresh_offsets_form_one_batch() -> None:

@@ -44,7 +44,7 @@ from pipeline.config import KafkaTransportConfig
 from pipeline.telemetry import Telemetry
 from pipeline.transport.aiokafka_compat import check_compatible, discard_queued, set_gzip_level
 from pipeline.transport.kafka_common import client_kwargs
-from pipeline.transport.kafka_partitioner import KeyPartitioner, murmur2
+from pipeline.transport.kafka_partitioner import KeyPartitioner, partitions_of
 from pipeline.transport.memory import Offer
 
 log = logging.getLogger("tracepipe.transport.kafka")
@@ -143,8 +143,7 @@ def pack_by_partition(messages: Sequence[tuple[bytes, bytes | memoryview]], part
         return [(k, bytes(v) if isinstance(v, memoryview) else v, None) for k, v in messages]
     open_: dict[int, tuple[bytes, list[bytes | memoryview], int]] = {}  # partition -> (key, values, size)
     out: list[Message] = []
-    for key, value in messages:
-        part = (murmur2(key) & 0x7FFFFFFF) % partitions
+    for (key, value), part in zip(messages, partitions_of([k for k, _ in messages], partitions), strict=True):
         cur = open_.get(part)
         if cur is not None and cur[2] + len(value) > max_bytes:
             out.append((cur[0], b"".join(cur[1]), part))
