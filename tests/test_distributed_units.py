@@ -8,8 +8,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.workload import make_request, spans_in
+from pipeline.otlp.wire import resource_spans_fields
 from pipeline.transport.kafka_partitioner import KeyPartitioner, partitions_of
-from pipeline.transport.kafka_producer import pack_by_partition, resource_spans_fields, split_by_trace
+from pipeline.transport.kafka_producer import pack_by_partition, split_by_trace
 from pipeline.worker.cuts import PlannedBatch, contiguous_run, plan_batches
 
 

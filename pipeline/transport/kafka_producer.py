@@ -41,6 +41,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pipeline.config import KafkaTransportConfig
+from pipeline.otlp.wire import F1, F2, F3, field, resource_spans_fields
 from pipeline.telemetry import Telemetry
 from pipeline.transport.aiokafka_compat import check_compatible, discard_queued, set_gzip_level
 from pipeline.transport.kafka_common import client_kwargs
@@ -49,7 +50,7 @@ from pipeline.transport.memory import Offer
 
 log = logging.getLogger("tracepipe.transport.kafka")
 
-__all__ = ["KafkaRequestTransport", "pack_by_partition", "resource_spans_fields", "split_by_trace"]
+__all__ = ["KafkaRequestTransport", "pack_by_partition", "split_by_trace"]
 
 
 def split_by_trace(request: ExportTraceServiceRequest,
@@ -74,10 +75,10 @@ def split_by_trace(request: ExportTraceServiceRequest,
         in_rs = set().union(*scope_traces)
         if len(in_rs) == 1:
             tid = in_rs.pop()
-            out.setdefault(tid, []).append(fields[i] if fields is not None else _field(_F1, rs.SerializeToString()))
+            out.setdefault(tid, []).append(fields[i] if fields is not None else field(F1, rs.SerializeToString()))
             continue
         for tid, body in _split_resource_spans(rs, scope_traces).items():
-            out.setdefault(tid, []).append(_field(_F1, body))
+            out.setdefault(tid, []).append(field(F1, body))
     if len(out) == 1 and raw is not None:
         return [(next(iter(out)).hex().encode(), raw)]
     return [(tid.hex().encode(), parts[0] if len(parts) == 1 else b"".join(parts)) for tid, parts in out.items()]
@@ -85,50 +86,21 @@ def split_by_trace(request: ExportTraceServiceRequest,
 
 def _split_resource_spans(rs: Any, scope_traces: list[set[bytes]]) -> dict[bytes, bytes]:
     """A ResourceSpans holding several traces -> trace id -> that trace's serialised ResourceSpans."""
-    head = _field(_F1, rs.resource.SerializeToString()) if rs.HasField("resource") else b""
-    tail = _field(_F3, rs.schema_url.encode()) if rs.schema_url else b""
+    head = field(F1, rs.resource.SerializeToString()) if rs.HasField("resource") else b""
+    tail = field(F3, rs.schema_url.encode()) if rs.schema_url else b""
     parts: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ScopeSpans in this resource
     for ss, traces in zip(rs.scope_spans, scope_traces, strict=True):
         if len(traces) == 1:
-            parts.setdefault(next(iter(traces)), []).append(_field(_F2, ss.SerializeToString()))
+            parts.setdefault(next(iter(traces)), []).append(field(F2, ss.SerializeToString()))
             continue
         by_trace: dict[bytes, list[bytes]] = {}
         for sp in ss.spans:
-            by_trace.setdefault(sp.trace_id, []).append(_field(_F2, sp.SerializeToString()))
-        s_head = _field(_F1, ss.scope.SerializeToString()) if ss.HasField("scope") else b""
-        s_tail = _field(_F3, ss.schema_url.encode()) if ss.schema_url else b""
+            by_trace.setdefault(sp.trace_id, []).append(field(F2, sp.SerializeToString()))
+        s_head = field(F1, ss.scope.SerializeToString()) if ss.HasField("scope") else b""
+        s_tail = field(F3, ss.schema_url.encode()) if ss.schema_url else b""
         for tid, spans in by_trace.items():
-            parts.setdefault(tid, []).append(_field(_F2, b"".join([s_head, *spans, s_tail])))
+            parts.setdefault(tid, []).append(field(F2, b"".join([s_head, *spans, s_tail])))
     return {tid: b"".join([head, *scope_parts, tail]) for tid, scope_parts in parts.items()}
-
-
-def resource_spans_fields(raw: bytes) -> list[memoryview] | None:
-    """The top-level fields of a serialised ExportTraceServiceRequest, one per ResourceSpans,
-    each with its field header (so joining any of them is again a request), as views of `raw`;
-    None when `raw` holds anything else (an unknown field, a malformed length)."""
-    view = memoryview(raw)
-    out: list[memoryview] = []
-    pos, end = 0, len(raw)
-    while pos < end:
-        if raw[pos] != 0x0A:  # field 1, length-delimited: resource_spans
-            return None
-        start = pos
-        pos += 1
-        size = shift = 0
-        while True:
-            if pos >= end or shift > 35:
-                return None
-            b = raw[pos]
-            pos += 1
-            size |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        pos += size
-        if pos > end:
-            return None
-        out.append(view[start:pos])
-    return out
 
 
 Message = tuple[bytes | None, bytes, int | None]  # key, value, partition (None: the partitioner's choice)
@@ -155,24 +127,6 @@ def pack_by_partition(messages: Sequence[tuple[bytes, bytes | memoryview]], part
             open_[part] = (cur[0], cur[1], cur[2] + len(value))
     out.extend((key, b"".join(values), part) for part, (key, values, _) in open_.items())
     return out
-
-
-# Length-delimited field headers: field 1, 2, 3 (ExportTraceServiceRequest.resource_spans;
-# ResourceSpans.resource / scope_spans / schema_url; ScopeSpans.scope / spans / schema_url).
-_F1, _F2, _F3 = b"\x0a", b"\x12", b"\x1a"
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """One length-delimited protobuf field: tag, varint length, payload."""
-    n = len(payload)
-    if n < 0x80:
-        return tag + bytes((n,)) + payload
-    size = bytearray()
-    while n > 0x7F:
-        size.append(n & 0x7F | 0x80)
-        n >>= 7
-    size.append(n)
-    return tag + size + payload
 
 
 class KafkaRequestTransport:
