@@ -3,16 +3,16 @@
 `offer(request, spans, timeout, raw)` splits the request by trace id into one
 ExportTraceServiceRequest per trace (resource and scope wrappers kept; when the request is
 unchanged, a one-trace request goes as the `raw` bytes received and a one-trace ResourceSpans
-as its slice of them). Each trace's partition is the one its
-key (the trace id in lowercase hex) hashes to, as Kafka's default partitioner places a keyed
-message, so every span of a trace lands on one partition (tail sampling and per-trace rollups
-need that), and the traces of a request bound for one partition travel as ONE message (the
-serialised requests concatenated, which protobuf reads as one request), up to
-`max_message_bytes`. A worker pays its per-message costs (consumer, Faust event, decode) once
-per partition of a request instead of once per trace: a 170-trace request over 4 partitions is
-4 messages, not 170. A message holding one trace is keyed by that trace id, as the OTel
-Collector kafka exporter's `otlp_proto` encoding with `partition_traces_by_id` writes it; a
-packed message is keyed by its first trace id. It answers ACCEPTED only once Kafka
+as its slice of them). Each trace's partition is the one its key (the trace id in lowercase
+hex) hashes to, as Kafka's default partitioner places a keyed message, so every span of a
+trace lands on one partition (tail sampling and per-trace rollups need that), and the traces
+of a request bound for one partition travel as ONE message (the serialised requests
+concatenated, which protobuf reads as one request), up to `max_message_bytes`. A worker pays
+its per-message costs (consumer, Faust event, decode) once per partition of a request instead
+of once per trace: a 170-trace request over 4 partitions is 4 messages, not 170. A message
+holding one trace is keyed by that trace id, as the OTel Collector kafka exporter's
+`otlp_proto` encoding with `partition_traces_by_id` writes it; a packed message is keyed by
+its first trace id. It answers ACCEPTED only once Kafka
 acknowledged every message (acks=all by default); otherwise:
 
 - FULL: more than `max_in_flight_spans` await acks and no room freed within `timeout`
@@ -61,11 +61,11 @@ def split_by_trace(request: ExportTraceServiceRequest,
     `raw`: the bytes `request` was parsed from, when nothing in it was changed. A request
     holding one trace is then forwarded as those bytes, and a ResourceSpans holding one trace
     as its slice of them (`resource_spans_fields`, a memoryview: not even copied until the
-    messages are packed): nothing is serialised again. Otherwise
-    the value is assembled from serialised parts at the coarsest level holding one trace: a
-    whole ResourceSpans, else a whole ScopeSpans, else single spans under their resource and
-    scope. Repeated fields concatenate on the wire, so the parts are joined with their field
-    headers instead of building a message per trace."""
+    messages are packed): nothing is serialised again. Otherwise the value is assembled from
+    serialised parts at the coarsest level holding one trace: a whole ResourceSpans, else a
+    whole ScopeSpans, else single spans under their resource and scope. Repeated fields
+    concatenate on the wire, so the parts are joined with their field headers instead of
+    building a message per trace."""
     fields = resource_spans_fields(raw) if raw is not None else None
     if fields is not None and len(fields) != len(request.resource_spans):
         fields = None  # not the bytes of this request
