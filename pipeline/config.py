@@ -199,6 +199,11 @@ class KafkaTransportConfig(ComponentConfig):
     acks: Literal["all", "1", "0"] = "all"
     enable_idempotence: bool = Field(True, description="Idempotent producer (turn off for brokers without it).")
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "gzip"
+    gzip_level: int = Field(
+        6, ge=1, le=9,
+        description="gzip level of the receiver's Kafka batches (1 fastest, 9 smallest; the Java client's and "
+        "librdkafka's default is 6, aiokafka's own 9).",
+    )
     linger_ms: int = Field(5, ge=0)
     max_batch_bytes: int = Field(1024 * 1024, gt=0)
     max_request_bytes: int = Field(8 * 1024 * 1024, gt=0)

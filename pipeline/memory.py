@@ -8,9 +8,16 @@ mmap, returned on free; but the threshold is dynamic: freeing one such chunk rai
 
 `tune_allocator()` (called once at start by the CLI commands that serve OTLP) pins the mmap
 threshold at 1 MiB (and the trim threshold with it), so large buffers always go to mmap and
-come back on free. `note_request(size)`, called by the receivers, remembers large requests;
-a daemon thread then runs `malloc_trim(0)` a few seconds later, once, to return freed heap
-pages (ctypes releases the GIL for the call). Nothing here is needed for correctness.
+come back on free. `tracepipe receiver` pins 8 MiB instead (RECEIVER_MMAP_THRESHOLD_BYTES,
+the default `transport.kafka.max_request_bytes`): aiokafka copies each produce request (MBs)
+several times while building it, and at 1 MiB every copy was a fresh mmap whose pages fault
+in again: ~2 minor faults per span, measured at a fifth or more of the receiver's CPU under
+bench/distributed.py's load (0.4 faults per span at 8 MiB). Requests past 8 MiB still go to
+mmap, and the trim below still runs after large requests.
+
+`note_request(size)`, called by the receivers, remembers large requests; a daemon thread
+then runs `malloc_trim(0)` a few seconds later, once, to return freed heap pages (ctypes
+releases the GIL for the call). Nothing here is needed for correctness.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ import logging
 import threading
 import time
 
-__all__ = ["LARGE_REQUEST_BYTES", "note_request", "trim_now", "tune_allocator"]
+__all__ = ["LARGE_REQUEST_BYTES", "RECEIVER_MMAP_THRESHOLD_BYTES", "note_request", "trim_now", "tune_allocator"]
 
 LARGE_REQUEST_BYTES = 4 * 1024 * 1024  # requests this large schedule a trim
 MMAP_THRESHOLD_BYTES = 1024 * 1024
+RECEIVER_MMAP_THRESHOLD_BYTES = 8 * 1024 * 1024
 TRIM_DELAY_SECONDS = 3.0  # after the last large request: the worker has usually stored it by then
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -51,12 +59,13 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
-def tune_allocator() -> bool:
-    """Pin glibc's mmap and trim thresholds (see the module doc); False when not glibc."""
+def tune_allocator(mmap_threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Pin glibc's mmap threshold at `mmap_threshold` bytes and the trim threshold at twice
+    that (see the module doc); False when not glibc."""
     if _LIBC is None:
         return False
-    ok = _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-    ok = _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES) == 1 and ok
+    ok = _LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+    ok = _LIBC.mallopt(_M_TRIM_THRESHOLD, 2 * mmap_threshold) == 1 and ok
     return ok
 
 

@@ -75,3 +75,27 @@ def test_a_missing_internal_is_reported_by_name() -> None:
 
     with pytest.raises(aiokafka_compat.AiokafkaCompatError, match=r"_sender.*_message_accumulator"):
         aiokafka_compat.check_compatible(Producer())
+
+
+def test_gzip_level_reaches_the_batches_aiokafka_builds() -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+
+    from bench.workload import make_request
+
+    value = make_request(30, seed=1, prompt_bytes=300).SerializeToString()
+
+    def batch(level: int) -> bytes:
+        aiokafka_compat.set_gzip_level(level)
+        b = DefaultRecordBatchBuilder(magic=2, compression_type=DefaultRecordBatch.CODEC_GZIP, is_transactional=0,
+                                      producer_id=-1, producer_epoch=-1, base_sequence=-1, batch_size=1 << 22)
+        b.append(0, timestamp=None, key=b"k", value=value, headers=[])
+        return bytes(b.build())
+
+    try:
+        fast, small = batch(1), batch(9)
+    finally:
+        aiokafka_compat.set_gzip_level(9)  # aiokafka's own level, for the tests that follow
+    assert len(fast) > len(small)
+    for raw in (fast, small):
+        [record] = list(DefaultRecordBatch(raw))
+        assert record.value == value

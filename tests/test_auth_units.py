@@ -202,3 +202,28 @@ def test_with_an_auth_section_receivers_and_api_require_tokens_but_metrics_only_
     opted_out = cfg(auth={"tokens": [entry("t")]}, receivers={"otlp": {"http": {"endpoint": "127.0.0.1:0",
                                                                                   "auth": False}}})
     assert opted_out.receivers["otlp"].config.http.auth_enabled(True) is False
+
+
+def test_stamping_the_bytes_gives_the_request_stamping_the_message_gives():
+    from bench.workload import make_request
+    from pipeline.auth.tenant import stamp_tenant_wire
+
+    req = make_request(4, seed=2, prompt_bytes=200)
+    req.resource_spans.add().scope_spans.add().spans.add()  # a ResourceSpans without a resource
+    req.resource_spans[0].schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    wire = req.SerializeToString()
+    stamped = stamp_tenant_wire(wire, "acme-" + "x" * 200)  # a long tenant: two-byte lengths
+    assert stamped is not None
+    stamp_tenant(req, "acme-" + "x" * 200, wire)
+    assert ExportTraceServiceRequest.FromString(stamped) == req
+    assert ExportTraceServiceRequest.FromString(stamped).resource_spans[0].resource.attributes[-1].key == "tenant.id"
+
+
+def test_bytes_holding_a_tenant_id_anywhere_are_left_to_the_message_stamp():
+    from pipeline.auth.tenant import stamp_tenant_wire
+
+    req = ExportTraceServiceRequest()
+    _kv(req.resource_spans.add().scope_spans.add().spans.add().attributes, "tenant.id", "intruder")
+    assert stamp_tenant_wire(req.SerializeToString(), "acme") is None
+    assert stamp_tenant_wire(b"\x10\x01", "acme") is None  # not a plain request
+    assert stamp_tenant_wire(b"", "acme") == b""  # no ResourceSpans: nothing to stamp

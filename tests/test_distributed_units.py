@@ -8,7 +8,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.workload import make_request, spans_in
-from pipeline.transport.kafka_partitioner import KeyPartitioner
+from pipeline.otlp.wire import resource_spans_fields
+from pipeline.transport.kafka_partitioner import KeyPartitioner, partitions_of
 from pipeline.transport.kafka_producer import pack_by_partition, split_by_trace
 from pipeline.worker.cuts import PlannedBatch, contiguous_run, plan_batches
 
@@ -46,6 +47,27 @@ def test_split_by_trace_forwards_the_received_bytes_of_an_unchanged_one_trace_re
     assert value is raw and key.decode() == req.resource_spans[0].scope_spans[0].spans[0].trace_id.hex()
 
 
+def test_split_by_trace_slices_the_received_bytes_as_serialising_would_split_them() -> None:
+    req = make_request(6, seed=7, prompt_bytes=300)
+    # trace 1's spans also under trace 0's ResourceSpans: that one is cut apart, the others sliced
+    req.resource_spans[0].scope_spans[0].spans.extend(req.resource_spans[1].scope_spans[0].spans[:1])
+    raw = req.SerializeToString()
+    fields = resource_spans_fields(raw)
+    assert fields is not None and b"".join(fields) == raw
+    assert [ExportTraceServiceRequest.FromString(f).resource_spans[0] for f in fields] == list(req.resource_spans)
+    sliced = split_by_trace(req, raw)
+    assert sliced == split_by_trace(req)  # the same keys and bytes as from the decoded request
+    assert len(sliced) == 6
+
+
+def test_resource_spans_fields_refuses_bytes_that_are_not_a_plain_request() -> None:
+    raw = make_request(2, seed=8, prompt_bytes=10).SerializeToString()
+    assert resource_spans_fields(b"") == []
+    assert resource_spans_fields(raw[:-1]) is None  # truncated last field
+    assert resource_spans_fields(raw + b"\x10\x01") is None  # an unknown varint field
+    assert resource_spans_fields(b"\x0a\xff\xff\xff\xff\xff\xff") is None  # runaway length varint
+
+
 def test_split_by_trace_cuts_interleaved_traces_out_of_one_scope_keeping_schema_urls() -> None:
     src = make_request(3, seed=5, prompt_bytes=10)
     req = ExportTraceServiceRequest()
@@ -80,6 +102,16 @@ def test_key_partitioner_places_every_key_where_aiokafkas_default_partitioner_do
         parts = list(range(n))
         assert [ours(k, parts, parts) for k in keys] == [theirs(k, parts, parts) for k in keys]
     assert ours(None, [0, 1, 2], [2]) == 2
+
+
+def test_partitions_of_a_request_are_where_aiokafkas_default_partitioner_puts_each_key() -> None:
+    theirs = DefaultPartitioner()
+    trace_keys = [os.urandom(16).hex().encode() for _ in range(300)]
+    for keys in (trace_keys, [os.urandom(8) for _ in range(50)], [os.urandom(n) for n in range(12)], trace_keys[:1]):
+        for n in (1, 4, 12, 7):
+            parts = list(range(n))
+            assert partitions_of(keys, n) == [theirs(k, parts, parts) for k in keys]
+    assert partitions_of([], 4) == []
 
 
 def test_fresh_offsets_form_one_batch() -> None:

@@ -16,7 +16,7 @@ from pipeline.cli.options import config_options, endpoint_options, load_or_exit
 from pipeline.config import Config
 from pipeline.gc_tuning import tune_gc
 from pipeline.logs import setup_logging
-from pipeline.memory import tune_allocator
+from pipeline.memory import RECEIVER_MMAP_THRESHOLD_BYTES, tune_allocator
 
 
 def _load(config_path: str | None, role: str, **overrides: Any) -> Config:
@@ -56,7 +56,7 @@ def receiver(config_path: str | None, data_dir: str | None, otlp_grpc: str | Non
     cfg = _load(config_path, "receiver", data_dir=data_dir, otlp_grpc=otlp_grpc, otlp_http=otlp_http,
                 api=api, metrics=metrics)
     setup_logging(log_level or cfg.service.log.level, log_format or cfg.service.log.format)
-    tune_allocator()  # large requests give their memory back (pipeline/memory.py)
+    tune_allocator(RECEIVER_MMAP_THRESHOLD_BYTES)  # large requests give their memory back (pipeline/memory.py)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(cfg, "receiver"))
 

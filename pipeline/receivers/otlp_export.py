@@ -1,8 +1,8 @@
 """What both OTLP receivers do with a decoded export request, independent of the protocol.
 
-    count -> refuse if over max_spans_per_request -> sanitize (partial success for invalid
-    spans) -> offer to the transport -> an `ExportResult` the gRPC and HTTP receivers map
-    onto their status codes.
+    sanitize (partial success for invalid spans; it counts the spans too) -> refuse if over
+    max_spans_per_request -> offer to the transport -> an `ExportResult` the gRPC and HTTP
+    receivers map onto their status codes.
 
 Telemetry (labelled by receiver id): `receiver_accepted_spans{receiver}`,
 `receiver_refused_spans{receiver,reason}` (reasons: invalid, too_many_spans, too_large,
@@ -27,12 +27,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from pipeline.auth.principal import ANONYMOUS, Principal
-from pipeline.auth.tenant import stamp_tenant
+from pipeline.auth.tenant import stamp_tenant, stamp_tenant_wire
 from pipeline.config import OtlpReceiverConfig
 from pipeline.logs import safe_value
 from pipeline.memory import note_request
-from pipeline.otlp.limits import enforce_value_limits
-from pipeline.otlp.validate import count_spans, sanitize
+from pipeline.otlp.limits import decode_protobuf, enforce_value_limits
+from pipeline.otlp.validate import sanitize
 from pipeline.telemetry import Telemetry
 from pipeline.transport import Offer, RequestTransport
 
@@ -105,14 +105,17 @@ class ExportHandler:
                      wire: bytes | None = None, size: int | None = None) -> ExportResult:
         """`principal` is the authenticated caller; with auth on (not ANONYMOUS) its tenant is
         stamped on the request (pipeline/auth/tenant.py) before the transport sees it.
-        `wire`: the protobuf bytes `req` was parsed from, if any: stamping skips work with them,
-        and a transport that stores bytes (`accepts_raw`, the embedded write-ahead log) takes them
-        as they are when nothing in the request was changed, instead of serialising it again.
+        `wire`: the protobuf bytes `req` was parsed from, if any: stamping works on them when
+        nothing else changed the request, and a transport that stores bytes (`accepts_raw`:
+        Kafka, the embedded write-ahead log) takes them as they are when nothing in the request
+        was changed (or only stamped as bytes), instead of serialising it again.
         `size`: the request's size in bytes when the receiver knows it (else computed)."""
         cfg = self.cfg
         if size is not None:
             note_request(size)  # a large request schedules a malloc_trim (pipeline/memory.py)
-        total = count_spans(req)
+        # one walk over the spans both counts and checks them (refused requests are rare)
+        checked = sanitize(req, cfg.max_attributes_per_span, storage_checks=cfg.storage_checks)
+        total = checked.accepted + checked.rejected
         if total > cfg.max_spans_per_request:
             self.refuse("too_many_spans", total)
             return ExportResult(
@@ -120,7 +123,6 @@ class ExportHandler:
                 ExportTraceServiceResponse(),
                 f"request has {total} spans, more than max_spans_per_request ({cfg.max_spans_per_request})",
             )
-        checked = sanitize(req, cfg.max_attributes_per_span, storage_checks=cfg.storage_checks)
         for reason, n in checked.clamped.items():
             self.telemetry.receiver_clamped_spans.labels(self.receiver_id, reason).inc(n)
         resp = ExportTraceServiceResponse()
@@ -137,8 +139,12 @@ class ExportHandler:
         changed = changed or bool(checked.rejected or checked.clamped)
         n = checked.accepted
         if principal is not ANONYMOUS:
-            stamp_tenant(req, principal.tenant, wire)
-            changed = True
+            stamped = None if changed or wire is None else stamp_tenant_wire(wire, principal.tenant)
+            if stamped is not None:  # stamped as bytes: decoding them is cheaper than stamping `req`
+                req, wire = decode_protobuf(stamped), stamped
+            else:
+                stamp_tenant(req, principal.tenant, wire)
+                changed = True
         try:
             if wire is not None and not changed and getattr(self.transport, "accepts_raw", False):
                 offer = await self.transport.offer(req, n, timeout=cfg.enqueue_timeout, raw=wire)  # type: ignore[call-arg]

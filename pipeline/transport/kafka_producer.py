@@ -1,17 +1,18 @@
 """The receiver's Kafka transport: OTLP export requests -> one Kafka message per partition.
 
 `offer(request, spans, timeout, raw)` splits the request by trace id into one
-ExportTraceServiceRequest per trace (resource and scope wrappers kept; an unchanged
-one-trace request goes as the `raw` bytes received). Each trace's partition is the one its
-key (the trace id in lowercase hex) hashes to, as Kafka's default partitioner places a keyed
-message, so every span of a trace lands on one partition (tail sampling and per-trace rollups
-need that), and the traces of a request bound for one partition travel as ONE message (the
-serialised requests concatenated, which protobuf reads as one request), up to
-`max_message_bytes`. A worker pays its per-message costs (consumer, Faust event, decode) once
-per partition of a request instead of once per trace: a 170-trace request over 4 partitions is
-4 messages, not 170. A message holding one trace is keyed by that trace id, as the OTel
-Collector kafka exporter's `otlp_proto` encoding with `partition_traces_by_id` writes it; a
-packed message is keyed by its first trace id. It answers ACCEPTED only once Kafka
+ExportTraceServiceRequest per trace (resource and scope wrappers kept; when the request is
+unchanged, a one-trace request goes as the `raw` bytes received and a one-trace ResourceSpans
+as its slice of them). Each trace's partition is the one its key (the trace id in lowercase
+hex) hashes to, as Kafka's default partitioner places a keyed message, so every span of a
+trace lands on one partition (tail sampling and per-trace rollups need that), and the traces
+of a request bound for one partition travel as ONE message (the serialised requests
+concatenated, which protobuf reads as one request), up to `max_message_bytes`. A worker pays
+its per-message costs (consumer, Faust event, decode) once per partition of a request instead
+of once per trace: a 170-trace request over 4 partitions is 4 messages, not 170. A message
+holding one trace is keyed by that trace id, as the OTel Collector kafka exporter's
+`otlp_proto` encoding with `partition_traces_by_id` writes it; a packed message is keyed by
+its first trace id. It answers ACCEPTED only once Kafka
 acknowledged every message (acks=all by default); otherwise:
 
 - FULL: more than `max_in_flight_spans` await acks and no room freed within `timeout`
@@ -40,10 +41,11 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pipeline.config import KafkaTransportConfig
+from pipeline.otlp.wire import F1, F2, F3, field, resource_spans_fields
 from pipeline.telemetry import Telemetry
-from pipeline.transport.aiokafka_compat import check_compatible, discard_queued
+from pipeline.transport.aiokafka_compat import check_compatible, discard_queued, set_gzip_level
 from pipeline.transport.kafka_common import client_kwargs
-from pipeline.transport.kafka_partitioner import KeyPartitioner, murmur2
+from pipeline.transport.kafka_partitioner import KeyPartitioner, partitions_of
 from pipeline.transport.memory import Offer
 
 log = logging.getLogger("tracepipe.transport.kafka")
@@ -51,71 +53,69 @@ log = logging.getLogger("tracepipe.transport.kafka")
 __all__ = ["KafkaRequestTransport", "pack_by_partition", "split_by_trace"]
 
 
-def split_by_trace(request: ExportTraceServiceRequest, raw: bytes | None = None) -> list[tuple[bytes, bytes]]:
+def split_by_trace(request: ExportTraceServiceRequest,
+                   raw: bytes | None = None) -> list[tuple[bytes, bytes | memoryview]]:
     """(key, value) per trace: key = trace id hex, value = the trace's spans as an
     ExportTraceServiceRequest keeping their resource and scope wrappers (and schema urls).
 
-    `raw`: the bytes `request` was parsed from, when nothing in it was changed; a request
-    holding one trace is then forwarded as those bytes. Otherwise the value is assembled
-    from serialised parts at the coarsest level holding one trace: a whole ResourceSpans
-    (one serialisation, no copy), else a whole ScopeSpans, else single spans under their
-    resource and scope. Repeated fields concatenate on the wire, so the parts are joined
-    with their field headers instead of building a message per trace."""
-    # per ResourceSpans, per ScopeSpans: trace id -> that scope's spans of the trace
-    grouped: list[list[dict[bytes, list[Any]]]] = []
-    traces: set[bytes] = set()
-    for rs in request.resource_spans:
-        scopes: list[dict[bytes, list[Any]]] = []
-        for ss in rs.scope_spans:
-            by_trace: dict[bytes, list[Any]] = {}
-            for sp in ss.spans:
-                spans = by_trace.get(sp.trace_id)
-                if spans is None:
-                    by_trace[sp.trace_id] = [sp]
-                else:
-                    spans.append(sp)
-            scopes.append(by_trace)
-            traces.update(by_trace)
-        grouped.append(scopes)
-    if len(traces) == 1 and raw is not None:
-        return [(next(iter(traces)).hex().encode(), raw)]
-    resource_spans: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ResourceSpans
-    for rs, scopes in zip(request.resource_spans, grouped, strict=True):
-        in_rs = {tid for by_trace in scopes for tid in by_trace}
+    `raw`: the bytes `request` was parsed from, when nothing in it was changed. A request
+    holding one trace is then forwarded as those bytes, and a ResourceSpans holding one trace
+    as its slice of them (`resource_spans_fields`, a memoryview: not even copied until the
+    messages are packed): nothing is serialised again. Otherwise the value is assembled from
+    serialised parts at the coarsest level holding one trace: a whole ResourceSpans, else a
+    whole ScopeSpans, else single spans under their resource and scope. Repeated fields
+    concatenate on the wire, so the parts are joined with their field headers instead of
+    building a message per trace."""
+    fields = resource_spans_fields(raw) if raw is not None else None
+    if fields is not None and len(fields) != len(request.resource_spans):
+        fields = None  # not the bytes of this request
+    out: dict[bytes, list[bytes | memoryview]] = {}  # trace id -> its ResourceSpans fields (header included)
+    for i, rs in enumerate(request.resource_spans):
+        scope_traces = [{sp.trace_id for sp in ss.spans} for ss in rs.scope_spans]
+        in_rs = set().union(*scope_traces)
         if len(in_rs) == 1:
-            resource_spans.setdefault(in_rs.pop(), []).append(rs.SerializeToString())
+            tid = in_rs.pop()
+            out.setdefault(tid, []).append(fields[i] if fields is not None else field(F1, rs.SerializeToString()))
             continue
-        head = _field(_F1, rs.resource.SerializeToString()) if rs.HasField("resource") else b""
-        tail = _field(_F3, rs.schema_url.encode()) if rs.schema_url else b""
-        parts: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ScopeSpans in this resource
-        for ss, by_trace in zip(rs.scope_spans, scopes, strict=True):
-            if len(by_trace) == 1:
-                parts.setdefault(next(iter(by_trace)), []).append(_field(_F2, ss.SerializeToString()))
-                continue
-            s_head = _field(_F1, ss.scope.SerializeToString()) if ss.HasField("scope") else b""
-            s_tail = _field(_F3, ss.schema_url.encode()) if ss.schema_url else b""
-            for tid, spans in by_trace.items():
-                body = b"".join([s_head, *[_field(_F2, sp.SerializeToString()) for sp in spans], s_tail])
-                parts.setdefault(tid, []).append(_field(_F2, body))
-        for tid, scope_parts in parts.items():
-            resource_spans.setdefault(tid, []).append(b"".join([head, *scope_parts, tail]))
-    return [(tid.hex().encode(), b"".join([_field(_F1, p) for p in rss])) for tid, rss in resource_spans.items()]
+        for tid, body in _split_resource_spans(rs, scope_traces).items():
+            out.setdefault(tid, []).append(field(F1, body))
+    if len(out) == 1 and raw is not None:
+        return [(next(iter(out)).hex().encode(), raw)]
+    return [(tid.hex().encode(), parts[0] if len(parts) == 1 else b"".join(parts)) for tid, parts in out.items()]
+
+
+def _split_resource_spans(rs: Any, scope_traces: list[set[bytes]]) -> dict[bytes, bytes]:
+    """A ResourceSpans holding several traces -> trace id -> that trace's serialised ResourceSpans."""
+    head = field(F1, rs.resource.SerializeToString()) if rs.HasField("resource") else b""
+    tail = field(F3, rs.schema_url.encode()) if rs.schema_url else b""
+    parts: dict[bytes, list[bytes]] = {}  # trace id -> its serialised ScopeSpans in this resource
+    for ss, traces in zip(rs.scope_spans, scope_traces, strict=True):
+        if len(traces) == 1:
+            parts.setdefault(next(iter(traces)), []).append(field(F2, ss.SerializeToString()))
+            continue
+        by_trace: dict[bytes, list[bytes]] = {}
+        for sp in ss.spans:
+            by_trace.setdefault(sp.trace_id, []).append(field(F2, sp.SerializeToString()))
+        s_head = field(F1, ss.scope.SerializeToString()) if ss.HasField("scope") else b""
+        s_tail = field(F3, ss.schema_url.encode()) if ss.schema_url else b""
+        for tid, spans in by_trace.items():
+            parts.setdefault(tid, []).append(field(F2, b"".join([s_head, *spans, s_tail])))
+    return {tid: b"".join([head, *scope_parts, tail]) for tid, scope_parts in parts.items()}
 
 
 Message = tuple[bytes | None, bytes, int | None]  # key, value, partition (None: the partitioner's choice)
 
 
-def pack_by_partition(messages: Sequence[tuple[bytes, bytes]], partitions: int,
+def pack_by_partition(messages: Sequence[tuple[bytes, bytes | memoryview]], partitions: int,
                       max_bytes: int) -> list[Message]:
     """Per-trace (key, value) messages -> one message per partition (values concatenated: one
     ExportTraceServiceRequest on the wire), each at most `max_bytes` unless one trace alone is
     larger. A partition's traces keep their order; the message is keyed by its first trace."""
     if partitions <= 0 or len(messages) <= 1:
-        return [(k, v, None) for k, v in messages]
-    open_: dict[int, tuple[bytes, list[bytes], int]] = {}  # partition -> (key, values, size)
+        return [(k, bytes(v) if isinstance(v, memoryview) else v, None) for k, v in messages]
+    open_: dict[int, tuple[bytes, list[bytes | memoryview], int]] = {}  # partition -> (key, values, size)
     out: list[Message] = []
-    for key, value in messages:
-        part = (murmur2(key) & 0x7FFFFFFF) % partitions
+    for (key, value), part in zip(messages, partitions_of([k for k, _ in messages], partitions), strict=True):
         cur = open_.get(part)
         if cur is not None and cur[2] + len(value) > max_bytes:
             out.append((cur[0], b"".join(cur[1]), part))
@@ -127,24 +127,6 @@ def pack_by_partition(messages: Sequence[tuple[bytes, bytes]], partitions: int,
             open_[part] = (cur[0], cur[1], cur[2] + len(value))
     out.extend((key, b"".join(values), part) for part, (key, values, _) in open_.items())
     return out
-
-
-# Length-delimited field headers: field 1, 2, 3 (ExportTraceServiceRequest.resource_spans;
-# ResourceSpans.resource / scope_spans / schema_url; ScopeSpans.scope / spans / schema_url).
-_F1, _F2, _F3 = b"\x0a", b"\x12", b"\x1a"
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """One length-delimited protobuf field: tag, varint length, payload."""
-    n = len(payload)
-    if n < 0x80:
-        return tag + bytes((n,)) + payload
-    size = bytearray()
-    while n > 0x7F:
-        size.append(n & 0x7F | 0x80)
-        n >>= 7
-    size.append(n)
-    return tag + size + payload
 
 
 class KafkaRequestTransport:
@@ -199,6 +181,7 @@ class KafkaRequestTransport:
         try:
             await asyncio.wait_for(producer.start(), self.cfg.produce_timeout * 3)
             check_compatible(producer)  # fail at start, not when the broker goes down
+            set_gzip_level(self.cfg.gzip_level)  # aiokafka_compat: aiokafka itself takes no level
         except BaseException:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(producer.stop(), 5)
