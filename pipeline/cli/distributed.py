@@ -78,17 +78,20 @@ def worker(config_path: str | None, data_dir: str | None, api: str | None, metri
     """
     cfg = _load(config_path, "worker", data_dir=data_dir, api=api, metrics=metrics)
     setup_logging(log_level or cfg.service.log.level, log_format or cfg.service.log.format)
+    code = 0
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(cfg, "worker"))
+        code = asyncio.run(_serve(cfg, "worker"))
     # Stopped in order (batch committed or left for redelivery, sinks closed): exit now rather than
     # wait seconds for library threads (Faust's consumer thread, chDB) to wind down at interpreter exit.
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
-async def _serve(cfg: Config, role: str) -> None:
+async def _serve(cfg: Config, role: str) -> int:
+    """Run `role` until SIGTERM/SIGINT (exit code 0) or, for a worker, until its Faust app crashed
+    (exit code 1: a supervisor restarts it; what it did not commit is redelivered)."""
     log = logging.getLogger("tracepipe")
     runtime: Any
     if role == "receiver":
@@ -115,7 +118,7 @@ async def _serve(cfg: Config, role: str) -> None:
             await starting
         await runtime.stop()
         log.info("stopped")
-        return
+        return 0
     stopping.cancel()
     try:
         ep = starting.result()
@@ -141,12 +144,20 @@ async def _serve(cfg: Config, role: str) -> None:
     else:
         log.info("tracepipe worker running: Kafka %s topic %s group %s; API %s, metrics %s",
                  k.brokers, k.topic, k.group_id, ep.get("api", "off"), ep.get("metrics", "off"))
-    await stop.wait()
-    log.info("shutting down")
+    waits = [asyncio.ensure_future(stop.wait())]
+    failed: asyncio.Event | None = getattr(runtime, "failed", None)
+    if failed is not None:
+        waits.append(asyncio.ensure_future(failed.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
+    code = 1 if failed is not None and failed.is_set() else 0
+    log.info("shutting down" if not code else f"shutting down: {runtime.failure}")
     if logs_consumer is not None:
         await logs_consumer.stop()
     await runtime.stop()
     log.info("stopped")
+    return code
 
 
 def register(group: click.Group) -> None:

@@ -125,6 +125,12 @@ class WorkerRuntime:
         # exists) and before it is acked/committed: the worst moment.
         self._exit_after = int(os.environ.get("TRACEPIPE_FAULT_EXIT_AFTER_SINKS", "0") or 0)
         self._exit_when_file = os.environ.get("TRACEPIPE_FAULT_EXIT_WHEN_FILE") or None
+        # ... and for the crash watch: crash the Faust app (as a failed consumer thread would) after N batches.
+        self._crash_app_after = int(os.environ.get("TRACEPIPE_FAULT_CRASH_APP_AFTER", "0") or 0)
+        # Set when the Faust app crashed under the worker: the CLI then stops and exits with code 1,
+        # so a supervisor restarts it instead of a process that answers but consumes nothing.
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
         self._batches_done = 0
         rcfgs = [s.config for s in config.receivers.values()]
         self.max_attributes = max((getattr(r, "max_attributes_per_span", 1000) for r in rcfgs), default=1000)
@@ -172,6 +178,7 @@ class WorkerRuntime:
                 asyncio.create_task(self._watch_broker(), name="tracepipe-worker-probe"),
                 asyncio.create_task(self._housekeeping(), name="tracepipe-worker-housekeeping"),
                 asyncio.create_task(self._release_held_on_rebalance(), name="tracepipe-worker-rebalance"),
+                asyncio.create_task(self._watch_app(), name="tracepipe-worker-crash-watch"),
             ]
             if self.panes.processors:
                 idle = max(self.config.service.batch.timeout, 0.05) * 5
@@ -264,6 +271,8 @@ class WorkerRuntime:
             listener_auth_factory(self.config, self.telemetry)))
 
     def _alive(self) -> tuple[bool, str]:
+        if self.failure is not None:
+            return False, self.failure
         if self.app is None or not self._ready.is_set():
             return False, "not started"
         if self.app.should_stop or self.app.crashed:
@@ -297,6 +306,18 @@ class WorkerRuntime:
                 raise
             except Exception as e:
                 self._broker_ok = f"kafka unreachable: {type(e).__name__}"
+
+    async def _watch_app(self) -> None:
+        """Notice a crashed Faust app (its consumer thread, producer or an agent died: Faust marks the
+        app crashed) and report it through `failed`; consuming would not resume by itself."""
+        while not self.failed.is_set():
+            await asyncio.sleep(1.0)
+            app = self.app
+            if app is not None and (app.crashed or app.consumer.crashed):
+                reason = app.crash_reason or app.consumer.crash_reason
+                self.failure = f"the Faust app crashed: {reason!r}"
+                log.error("%s; stopping the worker (exit code 1) so that it is restarted", self.failure)
+                self.failed.set()
 
     async def _housekeeping(self) -> None:
         """Idle ticks for time-driven processors, and held messages that never completed."""
@@ -643,6 +664,10 @@ class WorkerRuntime:
         finally:
             t.worker_batches_in_flight.dec()
         self._batches_done += 1
+        if self._crash_app_after and self._batches_done == self._crash_app_after:
+            log.error("TRACEPIPE_FAULT_CRASH_APP_AFTER: crashing the Faust app after batch %s", batch_id)
+            self._tasks.append(asyncio.create_task(self.app.crash(RuntimeError("injected by "
+                                                                               "TRACEPIPE_FAULT_CRASH_APP_AFTER"))))
         if (self._exit_after and self._batches_done >= self._exit_after) or (
             self._exit_when_file is not None and os.path.exists(self._exit_when_file)
         ):
