@@ -7,10 +7,15 @@ receiver run as real subprocesses; mid-stream the broker is killed (SIGKILL) and
 the same port after a pause longer than the worker's session timeout. Neither role is touched:
 the receiver must refuse data with a retryable code while the broker is gone and accept it again
 once it is back, and the worker must reconnect and carry on from its committed offsets by
-itself. Every span (producer's and receiver's) must come out of chDB exactly once,
-with the cost total of pricing the same spans in-process. The seconds from "broker back" to "the worker
-committed (= stored) a message produced after it" and to "the receiver is ready" are printed
-(figures, not assertions).
+itself. Once it has recovered, the worker is made to exit right after storing a
+batch and before committing it (the worst moment), and a replacement takes over: it has to find
+that batch's cut in the cuts table's changelog, which only a broker that kept its data still
+has, so the redelivery is cut the same way and deduplicated (Faust recovers the table up to
+the changelog's end offset: the S3 server lists object times to the microsecond so that Tansu's
+end offset is right, see tests/services/kafka.py). Every span (producer's and receiver's) must
+come out of chDB exactly once, with the cost total of pricing the same spans in-process. The
+seconds from "broker back" to "the worker committed (= stored) a message produced after it" and
+to "the receiver is ready" are printed (figures, not assertions).
 
 The producer is held while the broker is down (a send whose broker dies before answering has an
 unknown outcome, and retrying it would duplicate the message in Kafka: the at-least-once
@@ -175,11 +180,14 @@ def test_broker_restart_under_a_running_worker_and_receiver_loses_nothing(broker
     cfg = write_config(tmp_path, topic=topic, group=group, partitions=4)
     chdb = tmp_path / "ch"
     env = role_env(broker.url, chdb_dir=chdb, data_dir=tmp_path / "data")
-    worker = start_role("worker", cfg, env, tmp_path / "worker.log")
+    crash_now = tmp_path / "crash-now"
+    worker = start_role("worker", cfg, {**env, "TRACEPIPE_FAULT_EXIT_WHEN_FILE": str(crash_now)},
+                        tmp_path / "worker.log")
     receiver = start_role("receiver", cfg, env, tmp_path / "receiver.log")
     stub = trace_service_pb2_grpc.TraceServiceStub(grpc.insecure_channel(receiver.otlp_grpc))
     via_receiver = [make_request(5, seed=700 + i, prompt_bytes=50) for i in range(RECEIVER_REQUESTS + 1)]
     stream = HeldStream(broker.url, topic, pause=0.03, seed=9000).start()
+    replacement = None
     try:
         wait_for(lambda: _stored(worker) > 100, 60, "the worker to store spans before the restart")
         before = stream.hold()
@@ -200,24 +208,32 @@ def test_broker_restart_under_a_running_worker_and_receiver_loses_nothing(broker
         wait_for(lambda: stream.committed_past(group, first_after), 120,
                  f"the worker to store and commit messages produced after the restart {first_after}", interval=0.1)
         recovery = time.monotonic() - back
-        wait_for(lambda: len(stream.requests) > before + 50, 60, "more requests after the restart")
+        assert worker.alive(), worker.log()[-3000:]
+        # Then the worker dies right after storing a batch, before committing it. Its replacement
+        # finds that batch's cut in the cuts table's changelog, which the broker kept across its
+        # restart, and re-cuts the redelivery the same way: chDB's dedup token drops the repeat.
+        wait_for(lambda: len(stream.requests) > before + 25, 60, "more requests after the restart")
+        crash_now.touch()
+        worker.proc.wait(60)
+        assert worker.proc.returncode == 137, worker.log()[-3000:]
+        replacement = start_role("worker", cfg, env, tmp_path / "replacement.log", ready_timeout=90)
+        wait_for(lambda: len(stream.requests) > before + 50, 60, "more requests after the crash")
         stream.finish()
         wait_for(lambda: stream.committed_past(group, stream.last_offsets()), 120,
-                 f"the worker to commit everything (last offsets written {stream.last_offsets()})", interval=0.5)
-        sent = stream.sent_spans + sum(spans_in(r) for r in via_receiver[:-1])
-        wait_for(lambda: _stored(worker) >= sent, 60, "the worker to store the spans sent through the receiver")
-        assert worker.alive(), worker.log()[-3000:]
+                 f"the replacement to commit everything (last offsets written {stream.last_offsets()})", interval=0.5)
+        redelivered = replacement.metric("tracepipe_kafka_redelivered_messages_total", topic=topic)
     finally:
         receiver.stop()
-        code = worker.stop()
-    assert code == 0, worker.log()[-3000:]
+        code = replacement.stop() if replacement is not None else None
+    assert code == 0, replacement.log()[-3000:]
     requests = stream.requests + via_receiver[:-1]
     expected = _span_keys(requests)
     print(f"\nbroker down {DOWN_SECONDS:.0f} s (SIGKILL, s3 storage kept); recovery after the broker was back: "
           f"worker committed a message produced after it in {recovery:.2f} s, receiver ready in "
           f"{receiver_back:.2f} s; producer requests {before} before, {len(stream.requests) - before} after, "
           f"{RECEIVER_REQUESTS} through the receiver; spans {len(expected)}; worker behind when the broker died: "
-          f"{behind}")
+          f"{behind}; messages the replacement got redelivered: {redelivered:.0f}")
+    assert redelivered >= 1, "the crashed worker's stored-but-uncommitted batch should come back"
     rows = read_rows(chdb)
     keys = [(t, s) for t, s, _, _ in rows]
     assert len(expected) == sum(spans_in(r) for r in requests)
