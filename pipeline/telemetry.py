@@ -215,6 +215,12 @@ class Telemetry:
             "Times a worker found offsets missing from what its consumer delivered and re-read from the hole.",
             ["topic"], namespace=ns, registry=r,
         )
+        self.kafka_unconfirmed_cuts = Counter(
+            "kafka_unconfirmed_cuts",
+            "Batches a worker stored although Kafka had not acknowledged their recorded cut within "
+            "produce_timeout (a crash before their commit may store them twice).",
+            ["topic"], namespace=ns, registry=r,
+        )
         self.kafka_offset_gaps = Counter(
             "kafka_offset_gaps",
             "Offsets the broker deleted (log retention) before a worker processed them, gone past.",

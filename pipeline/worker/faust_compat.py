@@ -19,7 +19,10 @@ named for what it does:
 - `flow_events(consumer)`: the events Faust sets when it suspends and resumes the flow
   for a rebalance (`Consumer.suspend_flow`, `Consumer.can_resume_flow`);
 - `current_event(event)`: make an event Faust's current event so that table writes made
-  while a batch runs go to its partition (`faust.streams._current_event`).
+  while a batch runs go to its partition (`faust.streams._current_event`);
+- `set_acknowledged(table, key, value, partition)`: `table[key] = value`, returning the
+  changelog record's future, done once Kafka acknowledged it (`Collection.send_changelog`,
+  `Collection.data`: what `Table.__setitem__` does, minus dropping that future).
 
 `check_compatible()` verifies them against the installed Faust; the worker calls it at
 start and `tests/test_faust_compat.py` runs it, so a Faust release that changes one of
@@ -63,6 +66,13 @@ def check_compatible() -> None:
     for attr in ("suspend_flow", "can_resume_flow"):
         if attr not in getattr(Consumer, "__annotations__", {}):
             problems.append(f"Consumer.{attr} is no longer declared")
+    from faust.tables.base import Collection
+
+    send = getattr(Collection, "send_changelog", None)
+    if send is None or list(inspect.signature(send).parameters)[:4] != ["self", "partition", "key", "value"]:
+        problems.append("Collection.send_changelog(partition, key, value) is gone or changed shape")
+    if not isinstance(getattr(Collection, "data", None), property):
+        problems.append("Collection.data is no longer a property")
     thread = getattr(faust_aiokafka, "AIOKafkaConsumerThread", None)
     if thread is None or not callable(getattr(thread, "_ensure_consumer", None)) or not callable(
         getattr(thread, "call_thread", None)
@@ -112,3 +122,15 @@ def current_event(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def set_acknowledged(table: Any, key: Any, value: Any, partition: int) -> asyncio.Future[Any]:
+    """`table[key] = value` on `partition`, returning the future of its changelog record (done
+    once Kafka acknowledged it; an exception if the send failed).
+
+    Faust's `table[key] = value` drops that future, and `app.producer.flush()` is no stand-in:
+    its buffer flush gives up after 0.1 s without a message sent (`flush_atmost`), so under
+    produce latency it returns before the record reached the producer, let alone Kafka."""
+    fut = table.send_changelog(partition, key, value)
+    table.data[key] = value
+    return fut

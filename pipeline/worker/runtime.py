@@ -3,8 +3,9 @@
 Per batch taken off the topic (split per partition, since a batch id names one
 partition's offset range `topic/partition/first-last`):
 
-1. the batch's range is recorded in the cuts table (see `pipeline.worker.cuts`) and the
-   changelog flushed, unless it is a redelivered, already recorded range;
+1. the batch's range is recorded in the cuts table (see `pipeline.worker.cuts`) and its
+   changelog record acknowledged by Kafka (waited for up to `produce_timeout`; Faust's producer
+   flush returns early under produce latency), unless it is a redelivered, recorded range;
 2. every message is parsed as an OTLP ExportTraceServiceRequest (one message may hold
    many traces, keyed or not); a message that does not parse is counted and skipped;
    invalid spans are removed and counted as the receivers do;
@@ -640,9 +641,15 @@ class WorkerRuntime:
             # recent ranges re-cuts any such redelivery into its original batch.
             recorded[:] = sorted([*recorded, (first, last)])[-MAX_RECORDED:]
             self._local_cuts[key] = list(recorded)
-            with current_partition(last_event):
-                self.cuts[key] = [list(r) for r in recorded]
-            await self.app.producer.flush()
+            sent = faust_compat.set_acknowledged(self.cuts, key, [list(r) for r in recorded],
+                                                 last_event.message.partition)
+            try:  # the cut is in Kafka before any sink sees the batch: a redelivery is re-cut the same way
+                await asyncio.wait_for(asyncio.shield(sent), self.kcfg.produce_timeout)
+            except Exception as e:  # stored anyway: a crash before its commit may then store it twice
+                sent.add_done_callback(lambda f: f.cancelled() or f.exception())  # its late outcome: no log noise
+                t.kafka_unconfirmed_cuts.labels(tp.topic).inc()
+                log.warning("batch %s: its recorded cut was not acknowledged by Kafka within %.1fs (%s); storing "
+                            "the batch anyway", batch_id, self.kcfg.produce_timeout, type(e).__name__)
         log.debug("batch %s: %d messages%s", batch_id, len(evs), " (redelivered)" if redelivered else "")
         spans = self._decode(tp.topic, evs)
         batch = SpanBatch(spans=spans, batch_id=batch_id,
