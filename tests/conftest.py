@@ -43,6 +43,17 @@ def chdb_database(request: pytest.FixtureRequest) -> str:
     return "t_" + re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)[:40] + "_" + uuid.uuid4().hex[:6]
 
 
+@pytest.fixture
+def persistent_kafka():
+    """A Tansu broker whose data survives `restart()` (s3:// storage, tests/services/kafka.py)."""
+    from tests.services.kafka import PersistentKafka, start_local_kafka
+
+    svc = start_local_kafka(persistent=True)
+    assert isinstance(svc, PersistentKafka)
+    yield svc
+    svc.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_service():
     svc = start_service("redis")

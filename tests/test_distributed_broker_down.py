@@ -19,24 +19,10 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.workload import make_request, spans_in
-from tests.distributed_helpers import read_rows, role_env, start_role, wait_for, write_config
+from tests.distributed_helpers import create_topic, read_rows, role_env, start_role, wait_for, write_config
 from tests.services.kafka import start_local_kafka
 
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-
-
-def _recreate_topic(url: str, topic: str, partitions: int) -> None:
-    async def run() -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=url)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, partitions, 1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(run())
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict[str, str]]:
@@ -82,7 +68,7 @@ def test_broker_down_gets_retryable_answers_and_retried_data_is_stored(tmp_path:
 
         # the broker returns on the same address (empty: Tansu memory storage)
         broker = start_local_kafka(broker.port)
-        _recreate_topic(broker.url, topic, 2)
+        asyncio.run(create_topic(broker.url, topic, 2))
         wait_for(lambda: receiver.get("/readyz")[0] == 200, 30, "the receiver to see the broker again")
         # the clients retry everything they were refused
         for req in pending:

@@ -37,7 +37,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from bench.workload import make_request, spans_in
 from pipeline.transport.kafka_producer import split_by_trace
 from tests.distributed_helpers import RoleProcess, read_rows, role_env, start_role, wait_for, write_config
-from tests.services.kafka import PersistentKafka, start_local_kafka
+from tests.services.kafka import PersistentKafka
 from tests.test_distributed_crash import expected_cost
 
 DOWN_SECONDS = 8.0  # longer than the test config's broker_session_timeout (6 s)
@@ -146,14 +146,6 @@ class HeldStream:
         return sorted(pos for tid, pos in self.where.items() if tid not in traces)
 
 
-@pytest.fixture
-def broker() -> PersistentKafka:
-    svc = start_local_kafka(persistent=True)
-    assert isinstance(svc, PersistentKafka)
-    yield svc
-    svc.stop()
-
-
 def _stored(w: RoleProcess) -> float:
     try:
         return w.metric("tracepipe_sink_sent_spans_total", sink="clickhouse")
@@ -174,8 +166,9 @@ def _span_keys(requests: list[ExportTraceServiceRequest]) -> set[tuple[str, str]
             for ss in rs.scope_spans for span in ss.spans}
 
 
-def test_broker_restart_under_a_running_worker_and_receiver_loses_nothing(broker: PersistentKafka,
+def test_broker_restart_under_a_running_worker_and_receiver_loses_nothing(persistent_kafka: PersistentKafka,
                                                                          tmp_path: Path) -> None:
+    broker = persistent_kafka
     topic, group = "restart_spans", "restart-workers"
     cfg = write_config(tmp_path, topic=topic, group=group, partitions=4)
     chdb = tmp_path / "ch"

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 from pipeline.worker.state import FaustStateStore, current_partition
-from tests.distributed_helpers import TANSU_KAFKA_SETTINGS
+from tests.distributed_helpers import TANSU_KAFKA_SETTINGS, create_topic
 from tests.services import RunningService, start_service
 
 
@@ -26,14 +26,7 @@ def kafka() -> RunningService:
 
 async def _produce(url: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=url)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        await admin.close()
+    await create_topic(url, topic, 2)
     producer = AIOKafkaProducer(bootstrap_servers=url, max_batch_size=16, linger_ms=0)
     await producer.start()
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.distributed_helpers import create_topic
 from tests.services import RunningService, free_port, start_service
 
 APP = Path(__file__).resolve().parent / "faust_probe" / "ack_app.py"
@@ -42,14 +43,7 @@ def kafka() -> RunningService:
 
 async def _produce(url: str, topic: str) -> None:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=url)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topic(url, topic, 1)
     producer = AIOKafkaProducer(bootstrap_servers=url, linger_ms=0, max_batch_size=16, enable_idempotence=False)
     await producer.start()
     try:

@@ -11,29 +11,14 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from tests.services.kafka import PersistentKafka, start_local_kafka
-
-
-@pytest.fixture
-def broker() -> PersistentKafka:
-    svc = start_local_kafka(persistent=True)
-    assert isinstance(svc, PersistentKafka)
-    yield svc
-    svc.stop()
+from tests.distributed_helpers import create_topic
+from tests.services.kafka import PersistentKafka
 
 
 async def _produce(url: str, topic: str, n: int) -> int:
     from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=url)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topic(url, topic, 1)
     producer = AIOKafkaProducer(bootstrap_servers=url, acks="all", max_batch_size=16, linger_ms=0)
     await producer.start()
     try:
@@ -66,7 +51,9 @@ async def _end_and_fetched(url: str, topic: str) -> tuple[int, list[int]]:
         await consumer.stop()
 
 
-def test_end_offset_covers_records_written_within_one_second_across_a_restart(broker: PersistentKafka) -> None:
+def test_end_offset_covers_records_written_within_one_second_across_a_restart(
+        persistent_kafka: PersistentKafka) -> None:
+    broker = persistent_kafka
     topic = "end_offset_check"
     last = asyncio.run(_produce(broker.url, topic, 6))
     end, fetched = asyncio.run(_end_and_fetched(broker.url, topic))
