@@ -8,8 +8,9 @@ embedded queue and Kafka (`tracepipe receiver` -> `tracepipe worker`) carry it a
 `stamp_tenant_wire` stamps the received bytes instead, when they hold no `tenant.id` at all
 (nothing to replace or drop): each ResourceSpans gets one more `resource` field holding just
 the attribute, which protobuf merges into its resource (appending to its attributes, as
-`stamp_tenant` does). Decoding those bytes costs a fraction of stamping the decoded request,
-and the stamped request then goes on as bytes that need no serialising again.
+`stamp_tenant` does). The receiver stamps its decoded request too (for such bytes that is one
+append per resource: no span is scanned) and sends the stamped bytes on, so the request needs
+no serialising again and no second decode.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pipeline.auth.tenant import stamp_tenant, stamp_tenant_wire
 from pipeline.config import OtlpReceiverConfig
 from pipeline.logs import safe_value
 from pipeline.memory import note_request
-from pipeline.otlp.limits import decode_protobuf, enforce_value_limits
+from pipeline.otlp.limits import enforce_value_limits
 from pipeline.otlp.validate import sanitize
 from pipeline.telemetry import Telemetry
 from pipeline.transport import Offer, RequestTransport
@@ -140,10 +140,10 @@ class ExportHandler:
         n = checked.accepted
         if principal is not ANONYMOUS:
             stamped = None if changed or wire is None else stamp_tenant_wire(wire, principal.tenant)
-            if stamped is not None:  # stamped as bytes: decoding them is cheaper than stamping `req`
-                req, wire = decode_protobuf(stamped), stamped
+            stamp_tenant(req, principal.tenant, wire)  # without tenant.id in `wire`: one append per resource
+            if stamped is not None:  # the same stamp as bytes: they still go on unserialised
+                wire = stamped
             else:
-                stamp_tenant(req, principal.tenant, wire)
                 changed = True
         try:
             if wire is not None and not changed and getattr(self.transport, "accepts_raw", False):
