@@ -217,8 +217,8 @@ class Telemetry:
         )
         self.kafka_unconfirmed_cuts = Counter(
             "kafka_unconfirmed_cuts",
-            "Batches a worker stored although Kafka had not acknowledged their recorded cut within "
-            "produce_timeout (a crash before their commit may store them twice).",
+            "Times Kafka did not acknowledge a batch's recorded cut within produce_timeout: the batch "
+            "is held, not stored, and its cut sent again on the next housekeeping tick.",
             ["topic"], namespace=ns, registry=r,
         )
         self.kafka_offset_gaps = Counter(

@@ -5,7 +5,10 @@ partition's offset range `topic/partition/first-last`):
 
 1. the batch's range is recorded in the cuts table (see `pipeline.worker.cuts`) and its
    changelog record acknowledged by Kafka (waited for up to `produce_timeout`; Faust's producer
-   flush returns early under produce latency), unless it is a redelivered, recorded range;
+   flush returns early under produce latency), unless it is a redelivered range whose record
+   Kafka acknowledged. A batch whose cut was not acknowledged in time is not run: its messages
+   (and the later ones of its partition) are held and the cut sent again on the next
+   housekeeping tick, so nothing is stored that a redelivery could cut differently;
 2. every message is parsed as an OTLP ExportTraceServiceRequest (one message may hold
    many traces, keyed or not); a message that does not parse is counted and skipped;
    invalid spans are removed and counted as the receivers do;
@@ -84,6 +87,10 @@ REREAD_INTERVAL = 1.0  # seconds between re-reads of the same missing offsets
 STALL_REREAD_AFTER = 2.0  # seconds without a delivery while behind the broker's end before re-reading
 
 
+class _CutNotRecorded(Exception):
+    """Kafka did not acknowledge a batch's recorded cut in time: the batch must not be stored yet."""
+
+
 class WorkerRuntime:
     def __init__(self, config: Config, telemetry: Telemetry | None = None, *, hold_timeout: float = 30.0) -> None:
         if config.transport.type != "kafka":
@@ -107,6 +114,11 @@ class WorkerRuntime:
         self._lock = asyncio.Lock()
         self._held: dict[Any, list[Any]] = {}
         self._held_since: dict[Any, float] = {}
+        # Partitions whose held messages are tried again on the next housekeeping tick (a cut Kafka
+        # did not acknowledge, or a start offset that could not be read), and per partition key the
+        # recorded ranges Kafka has not acknowledged yet (sent again before their batch runs).
+        self._retry: set[Any] = set()
+        self._unconfirmed: dict[str, set[Range]] = {}
         self._broker_ok: str | None = "not started"
         self._tasks: list[asyncio.Task[None]] = []
         self._next: dict[Any, tuple[int, int]] = {}  # partition -> (group generation, next offset to process)
@@ -116,6 +128,7 @@ class WorkerRuntime:
         self._last_batch = time.monotonic()
         self._started_at = time.monotonic()
         self._committed: dict[Any, int] = {}  # partition -> offset this worker last committed
+        self._uncommitted: set[Any] = set()  # partitions whose last commit failed or timed out
         # This process's own copy of the cuts it recorded: a rebalance makes Faust recover the
         # table from its changelog, and a recovered value was seen to lack the latest range.
         self._local_cuts: dict[str, list[Range]] = {}
@@ -276,9 +289,18 @@ class WorkerRuntime:
             return False, self.failure
         if self.app is None or not self._ready.is_set():
             return False, "not started"
-        if self.app.should_stop or self.app.crashed:
+        if self.app.should_stop or self._crash_reason() is not None:
             return False, f"faust app {self.app.state}"
         return True, "running"
+
+    def _crash_reason(self) -> str | None:
+        """Why the Faust app (or its consumer) crashed, or None while it has not."""
+        app = self.app
+        if app is None:
+            return None
+        if app.crashed or app.consumer.crashed:
+            return repr(app.crash_reason or app.consumer.crash_reason)
+        return None
 
     def _consumer_status(self) -> tuple[bool, str]:
         if self.app is None or not self._ready.is_set():
@@ -290,6 +312,7 @@ class WorkerRuntime:
         for tp in [tp for tp in self._next if tp not in assigned]:
             self._next.pop(tp, None)  # found again from the committed offset if it comes back
             self._committed.pop(tp, None)
+            self._uncommitted.discard(tp)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
         holes = self._holes_status()
         if holes is not None:
@@ -313,15 +336,15 @@ class WorkerRuntime:
         app crashed) and report it through `failed`; consuming would not resume by itself."""
         while not self.failed.is_set():
             await asyncio.sleep(1.0)
-            app = self.app
-            if app is not None and (app.crashed or app.consumer.crashed):
-                reason = app.crash_reason or app.consumer.crash_reason
-                self.failure = f"the Faust app crashed: {reason!r}"
+            reason = self._crash_reason()
+            if reason is not None:
+                self.failure = f"the Faust app crashed: {reason}"
                 log.error("%s; stopping the worker (exit code 1) so that it is restarted", self.failure)
                 self.failed.set()
 
     async def _housekeeping(self) -> None:
-        """Idle ticks for time-driven processors, and held messages that never completed."""
+        """Idle ticks for time-driven processors, held messages to try again, and held messages
+        that never completed."""
         idle = max(self.config.service.batch.timeout, 0.05) * 5
         while True:
             await asyncio.sleep(idle)
@@ -330,11 +353,20 @@ class WorkerRuntime:
                 self.panes.report_idle(self._caught_up_partitions(2 * idle))
             async with self._lock:
                 now = time.monotonic()
-                for tp in [tp for tp, since in self._held_since.items() if now - since > self.hold_timeout]:
+                overdue = {tp for tp, since in self._held_since.items() if now - since > self.hold_timeout}
+                for tp in overdue:
                     log.warning("held messages of %s not completed after %.0fs; processing what came", tp,
                                 self.hold_timeout)
-                    await self._handle_partition(tp, [], force=True)
-                await self._reread_stalled(now)
+                again, self._retry = self._retry, set()
+                for tp in sorted(overdue | (again & set(self._held)), key=str):
+                    await self._handle_partition(tp, [], force=tp in overdue)
+                if self._broker_ok is None:  # both ask the broker: not while the probe finds it gone
+                    await self._reread_stalled(now)
+                    # Commits that failed or timed out (a later batch's commit covers them; this is for a
+                    # partition gone quiet), one at a time: each costs up to produce_timeout.
+                    for tp in [tp for tp in self._uncommitted if tp in self._next]:
+                        if not await self._commit_position(tp):
+                            break
                 if now - self._last_batch > idle and self.chain is not None and self._last_event is not None:
                     try:
                         with self._table_context():
@@ -382,6 +414,7 @@ class WorkerRuntime:
         for tp in [tp for tp in self._next if tp not in assigned]:
             self._next.pop(tp, None)  # found again from the committed offset if it comes back
             self._committed.pop(tp, None)
+            self._uncommitted.discard(tp)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
         log.info("group %s generation %s: assigned partitions %s of %s, %.1fs after the worker started",
                  self.kcfg.group_id, self.app.consumer_generation_id, mine, self.kcfg.topic,
@@ -397,6 +430,7 @@ class WorkerRuntime:
                      sum(len(v) for v in self._held.values()), sorted(str(tp) for tp in self._held))
         self._held.clear()
         self._held_since.clear()
+        self._retry.clear()
         self._holes.clear()
         self._hole_since.clear()
 
@@ -410,7 +444,9 @@ class WorkerRuntime:
     async def handle_events(self, events: Sequence[Any]) -> None:
         """Called by the agent with the events of one take(); see the module doc."""
         await self._ready.wait()
-        if self._stopping:  # shutting down: the partition's next owner reads these from the committed offset
+        if self._stopping or self._crash_reason() is not None:
+            # Shutting down, or the app crashed (the worker is about to exit): the partition's next
+            # owner reads these from the committed offset.
             _release(events)
             return
         by_tp: dict[Any, list[Any]] = {}
@@ -426,9 +462,11 @@ class WorkerRuntime:
                 await self._handle_partition(tp, evs)
             self._last_batch = time.monotonic()
 
-    async def _next_offset(self, tp: Any, generation: int, first_seen: int) -> int:
+    async def _next_offset(self, tp: Any, generation: int) -> int | None:
         """The next offset of `tp` this worker must process in this group generation: after
-        its last batch, or the group's committed offset for a partition new to it."""
+        its last batch, or the group's committed offset for a partition new to it; None when
+        that cannot be read now (the messages are held and tried again: guessing could skip
+        messages or take done ones for new)."""
         known = self._next.get(tp)
         if known is not None and (known[0] == generation or self._held_floor(tp) is not None):
             # Same generation, or spans of this partition are still held here (so the group's committed
@@ -438,10 +476,10 @@ class WorkerRuntime:
         try:  # nothing committed yet: the group starts at the earliest offset
             committed = await faust_compat.committed_offset(self.app.consumer, tp)
         except Exception as e:
-            log.warning("start offset of %s unknown (%s); starting at the first delivered, %d", tp,
-                        type(e).__name__, first_seen)
-            committed = None
-        nxt = first_seen if committed is None else int(committed)
+            log.warning("start offset of %s unknown (%s); holding its messages and trying again", tp,
+                        type(e).__name__)
+            return None
+        nxt = 0 if committed is None else int(committed)
         self._next[tp] = (generation, nxt)
         return nxt
 
@@ -459,7 +497,11 @@ class WorkerRuntime:
         if not by_offset:
             return
         key = f"{tp.topic}/{tp.partition}"
-        nxt = await self._next_offset(tp, generation, min(by_offset))
+        nxt = await self._next_offset(tp, generation)
+        if nxt is None:
+            self._hold(tp, [by_offset[o] for o in sorted(by_offset)], since)
+            self._retry.add(tp)
+            return
         done = [by_offset.pop(o) for o in [o for o in by_offset if o < nxt]]
         if done:  # processed by this worker in this generation already, or committed before it
             _release(done)
@@ -502,12 +544,23 @@ class WorkerRuntime:
         plans, held_from = plan_batches(offsets[:n], recorded, force=force)
         log.debug("%s: offsets %d..%d (%d) from %d, %d to run, recorded %s", key, offsets[0], offsets[-1],
                   len(offsets), nxt, held_from, recorded[-3:])
-        hold = run[held_from:] + [by_offset[o] for o in offsets[n:]]
-        if hold:
-            self._held[tp] = hold
-            self._held_since[tp] = since if since is not None else time.monotonic()
-        for plan in plans:
-            await self._run_batch(tp, key, run[plan.start:plan.stop], plan, recorded, generation)
+        self._hold(tp, run[held_from:] + [by_offset[o] for o in offsets[n:]], since)
+        for i, plan in enumerate(plans):
+            try:
+                await self._run_batch(tp, key, run[plan.start:plan.stop], plan, recorded, generation)
+            except _CutNotRecorded:  # this batch and what follows it wait for the cut (next tick)
+                self._hold(tp, [ev for p in plans[i:] for ev in run[p.start:p.stop]], since)
+                self._retry.add(tp)
+                break
+
+    def _hold(self, tp: Any, evs: list[Any], since: float | None) -> None:
+        """Keep `evs` of `tp` back, uncommitted, for a later `_handle_partition`; `since` is when the
+        oldest of them was first held (the hold timeout counts from there)."""
+        if not evs:
+            return
+        self._held[tp] = [*evs, *self._held.get(tp, [])]
+        self._held_since[tp] = min(since if since is not None else time.monotonic(),
+                                   self._held_since.get(tp, float("inf")))
 
     async def _reread_stalled(self, now: float) -> None:
         """Re-read a partition whose next offset is below the broker's end while nothing arrives.
@@ -589,32 +642,45 @@ class WorkerRuntime:
                     floor = int(first) if floor is None else min(floor, int(first))
         return floor
 
-    async def _commit_position(self, tp: Any) -> None:
+    async def _commit_position(self, tp: Any) -> bool:
         """Commit `tp` up to its next offset, but not past a batch whose spans are still held (tail
-        sampling): a crash then re-reads them and the processor decides them again."""
+        sampling): a crash then re-reads them and the processor decides them again. False when the
+        commit failed (tried again by housekeeping or the next batch)."""
         known = self._next.get(tp)
         if known is None:
-            return
+            return True
         offset = known[1]
         floor = self._held_floor(tp)
         if floor is not None and floor < offset:
             offset = floor
         if self._committed.get(tp) == offset:
-            return
-        await self._commit(tp, offset)
+            return True
+        if not await self._commit(tp, offset):
+            self._uncommitted.add(tp)
+            return False
         self._committed[tp] = offset
+        self._uncommitted.discard(tp)
+        return True
 
-    async def _commit(self, tp: Any, offset: int) -> None:
-        """Commit `offset` (the next to read) of `tp` now. Faust's own commits never cover the span
-        topic: its messages are released (marked acked) without entering its commit bookkeeping."""
+    async def _commit(self, tp: Any, offset: int) -> bool:
+        """Commit `offset` (the next to read) of `tp` now; False when Kafka did not confirm it within
+        `produce_timeout` (tried again later: the next batch's commit covers it, and housekeeping
+        retries while the partition is idle). Faust's own commits never cover the span topic: its
+        messages are released (marked acked) without entering its commit bookkeeping."""
         try:
-            ok = await faust_compat.commit_offsets(self.app.consumer, {tp: offset})
+            ok = await asyncio.wait_for(faust_compat.commit_offsets(self.app.consumer, {tp: offset}),
+                                        self.kcfg.produce_timeout)
+        except TimeoutError:  # aiokafka retries a commit until the coordinator answers: not while we wait
+            ok = False
+            log.warning("commit of %s at %d not confirmed within %.1fs; trying again later (a redelivery "
+                        "meanwhile is re-cut into its recorded batches)", tp, offset, self.kcfg.produce_timeout)
         except Exception:
             ok = False
             log.warning("commit of %s at %d failed; a redelivery re-cuts the batch", tp, offset, exc_info=True)
         self.telemetry.kafka_commits.labels("ok" if ok else "failed").inc()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("committed %s at %d: %s", tp, offset, ok)
+        return ok
 
     async def _run_batch(self, tp: Any, key: str, evs: list[Any], plan: PlannedBatch, recorded: list[Range],
                          generation: int) -> None:
@@ -627,29 +693,30 @@ class WorkerRuntime:
             # forgotten, so that no later message of it is dropped as a duplicate (cuts module doc).
             first, last, redelivered = evs[0].message.offset, last_event.message.offset, False
             recorded[:] = [r for r in recorded if r != (plan.first, plan.last)]
+            self._unconfirmed.get(key, set()).discard((plan.first, plan.last))
             t.kafka_released_messages.labels(tp.topic, "forced").inc(len(evs))
             log.warning("recorded batch %s/%d/%d-%d incomplete after %.0fs: its %d message(s) run as batch %d-%d",
                         tp.topic, tp.partition, plan.first, plan.last, self.hold_timeout, len(evs), first, last)
         batch_id = f"{tp.topic}/{tp.partition}/{first}-{last}"
-        if redelivered:
+        unconfirmed = self._unconfirmed.get(key, set())
+        if redelivered and (first, last) not in unconfirmed:
             t.kafka_redelivered_messages.labels(tp.topic).inc(len(evs))
             log.info("batch %s redelivered (%d messages); re-cut to its recorded range", batch_id, len(evs))
         else:
-            # Not pruned by the committed offset: Faust records offsets as committed even when a
-            # commit failed, and a rebalance can move a partition's committed offset back by one
-            # message (measured: the last message of a batch redelivered). Keeping the most
-            # recent ranges re-cuts any such redelivery into its original batch.
-            recorded[:] = sorted([*recorded, (first, last)])[-MAX_RECORDED:]
-            self._local_cuts[key] = list(recorded)
-            sent = faust_compat.set_acknowledged(self.cuts, key, [list(r) for r in recorded],
-                                                 last_event.message.partition)
+            if not redelivered:
+                # Not pruned by the committed offset: Faust records offsets as committed even when a
+                # commit failed, and a rebalance can move a partition's committed offset back by one
+                # message (measured: the last message of a batch redelivered). Keeping the most
+                # recent ranges re-cuts any such redelivery into its original batch.
+                recorded[:] = sorted([*recorded, (first, last)])[-MAX_RECORDED:]
+                self._local_cuts[key] = list(recorded)
+            # else: recorded here, but Kafka did not acknowledge it: send it again.
             try:  # the cut is in Kafka before any sink sees the batch: a redelivery is re-cut the same way
-                await asyncio.wait_for(asyncio.shield(sent), self.kcfg.produce_timeout)
-            except Exception as e:  # stored anyway: a crash before its commit may then store it twice
-                sent.add_done_callback(lambda f: f.cancelled() or f.exception())  # its late outcome: no log noise
-                t.kafka_unconfirmed_cuts.labels(tp.topic).inc()
-                log.warning("batch %s: its recorded cut was not acknowledged by Kafka within %.1fs (%s); storing "
-                            "the batch anyway", batch_id, self.kcfg.produce_timeout, type(e).__name__)
+                await self._record_cut(tp, key, recorded, batch_id, last_event)
+            except _CutNotRecorded:
+                self._unconfirmed.setdefault(key, set()).add((first, last))
+                raise
+            unconfirmed.discard((first, last))
         log.debug("batch %s: %d messages%s", batch_id, len(evs), " (redelivered)" if redelivered else "")
         spans = self._decode(tp.topic, evs)
         batch = SpanBatch(spans=spans, batch_id=batch_id,
@@ -687,6 +754,34 @@ class WorkerRuntime:
         _release(evs)
         self._update_lag(tp)
 
+    async def _record_cut(self, tp: Any, key: str, recorded: list[Range], batch_id: str, last_event: Any) -> None:
+        """Write the partition's recorded ranges to the cuts table and wait, up to `produce_timeout`
+        (or until the app crashed), for Kafka to acknowledge the changelog record; raise
+        `_CutNotRecorded` otherwise (the caller holds the batch and tries again)."""
+        try:
+            sent = faust_compat.set_acknowledged(self.cuts, key, [list(r) for r in recorded],
+                                                 last_event.message.partition)
+        except Exception as e:  # the producer is gone (the app crashed or is stopping)
+            sent = asyncio.get_running_loop().create_future()
+            sent.set_exception(e)
+        crashed = asyncio.ensure_future(self.failed.wait())
+        try:
+            await asyncio.wait({sent, crashed}, timeout=self.kcfg.produce_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            crashed.cancel()
+        if sent.done() and not sent.cancelled() and sent.exception() is None:
+            return
+        if sent.done():
+            why = "cancelled" if sent.cancelled() else type(sent.exception()).__name__
+        else:
+            why = "the Faust app crashed" if self.failed.is_set() else "no answer"
+            sent.add_done_callback(lambda f: f.cancelled() or f.exception())  # its late outcome: no log noise
+        self.telemetry.kafka_unconfirmed_cuts.labels(tp.topic).inc()
+        log.warning("batch %s: its recorded cut was not acknowledged by Kafka within %.1fs (%s); holding the "
+                    "batch, not stored, and sending the cut again", batch_id, self.kcfg.produce_timeout, why)
+        raise _CutNotRecorded(batch_id)
+
     def _update_lag(self, only: Any = None) -> None:
         """Consumer lag per partition: the end offset the consumer last saw minus the next to process."""
         try:
@@ -699,6 +794,7 @@ class WorkerRuntime:
             if tp not in assigned:
                 self._next.pop(tp, None)  # found again from the committed offset if it comes back
                 self._committed.pop(tp, None)
+                self._uncommitted.discard(tp)
                 with contextlib.suppress(KeyError):
                     self.telemetry.kafka_consumer_lag.remove(tp.topic, str(tp.partition))
                 continue
