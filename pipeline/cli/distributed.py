@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -89,6 +90,25 @@ def worker(config_path: str | None, data_dir: str | None, api: str | None, metri
     os._exit(code)
 
 
+SHUTDOWN_GRACE = 4.0  # seconds past transport.kafka.stop_timeout before a stuck shutdown is cut short
+
+
+def _exit_if_stuck(seconds: float, code: int) -> None:
+    """Exit the process from a timer thread if shutdown has not finished within `seconds` (a close
+    that blocks, or an event loop that does): a supervisor waiting on SIGTERM is never kept waiting
+    much past stop_timeout. Nothing acknowledged is lost: what was not committed is redelivered."""
+
+    def force() -> None:
+        logging.getLogger("tracepipe").error(
+            "shutdown did not finish within %.0fs; exiting now (what was not committed is redelivered)", seconds)
+        logging.shutdown()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+
+
 async def _serve(cfg: Config, role: str) -> int:
     """Run `role` until SIGTERM/SIGINT (exit code 0) or, for a worker, until its Faust app crashed
     (exit code 1: a supervisor restarts it; what it did not commit is redelivered)."""
@@ -111,8 +131,10 @@ async def _serve(cfg: Config, role: str) -> int:
     starting = asyncio.ensure_future(runtime.start())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    grace = cfg.transport.kafka.stop_timeout + SHUTDOWN_GRACE
     if not starting.done():
         log.info("shutting down while starting")
+        _exit_if_stuck(grace, 0)
         starting.cancel()
         with contextlib.suppress(BaseException):
             await starting
@@ -153,6 +175,7 @@ async def _serve(cfg: Config, role: str) -> int:
         w.cancel()
     code = 1 if failed is not None and failed.is_set() else 0
     log.info("shutting down" if not code else f"shutting down: {runtime.failure}")
+    _exit_if_stuck(grace, code)
     if logs_consumer is not None:
         await logs_consumer.stop()
     await runtime.stop()
