@@ -15,7 +15,8 @@ Prints, from one run:
 - per stage of the whole path: seconds spent in decode, each processor and each sink (the _sum of
   tracepipe_decode_duration_seconds, tracepipe_processor_duration_seconds and
   tracepipe_sink_write_duration_seconds read from /metrics before and after), per span and as a
-  share of the process CPU, so a regression shows where it comes from;
+  share of the process CPU, so a regression shows where it comes from; and the process CPU by
+  thread kind (the interpreter's threads against chDB's query and merge threads, from /proc);
 
     python bench/throughput.py [--spans 150000] [--latency-samples 100] [--wal-rounds 2] [--wal-only]
                                [--path-only] [--profile /tmp/run.svg] [--gc-rounds 2]
@@ -47,6 +48,31 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds of the process's threads so far, by thread name with digits dropped (Python's
+    own threads are "python" unless named; chDB's are named by ClickHouse: "QueryPipelineEx",
+    "MergeMutate", ...): shows how much of the process CPU is the interpreter and how much the
+    chDB engine, which per-stage wall times cannot tell apart."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip().rstrip("0123456789") or "?"
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def print_threads(before: dict[str, float], after: dict[str, float], cpu_s: float) -> None:
+    """CPU by thread kind over the run (threads that ended during the run are missing)."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    shown = sorted(((k, v) for k, v in delta.items() if v >= 0.01), key=lambda kv: -kv[1])
+    for name, secs in shown:
+        print(f"thread {name:<28} {secs:>7.2f} s  {100 * secs / cpu_s:>5.1f} % of process CPU")
 
 
 def rss_mb(pid: int) -> float:
@@ -194,6 +220,7 @@ async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, conc
         base = await sent_spans(session, p)
         stages0 = await stage_seconds(session, p)
         cpu0 = cpu_seconds(p.proc.pid)
+        threads0 = cpu_by_thread(p.proc.pid)
         t0 = time.perf_counter()
         retries = await post_all(session, url, bodies, concurrency, headers)
         accepted = time.perf_counter() - t0
@@ -201,10 +228,11 @@ async def throughput(p: PipelineProcess, bodies: list[bytes], n_spans: int, conc
             await asyncio.sleep(0.05)
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(p.proc.pid) - cpu0
+        threads = (threads0, cpu_by_thread(p.proc.pid))
         stages1 = await stage_seconds(session, p)
     stages = {k: v - stages0.get(k, 0.0) for k, v in stages1.items()}
     return {"wall_s": wall, "accept_s": accepted, "cpu_s": cpu, "per_core": n_spans / cpu,
-            "per_wall": n_spans / wall, "retries": retries, "stages": stages}
+            "per_wall": n_spans / wall, "retries": retries, "stages": stages, "threads": threads}
 
 
 def wal_config(tmp: Path, fsync: str | None) -> Path:
@@ -426,6 +454,7 @@ def main() -> None:
             print(f"path   OTLP/HTTP -> chain -> chDB  {r['per_core']:>10,.0f} spans/s per core "
                   f"({r['cpu_s']:.1f} CPU s),  {r['per_wall']:,.0f} spans/s wall, {r['retries']} retried requests")
             print_stages(r["stages"], r["cpu_s"], n_spans)
+            print_threads(*r["threads"], r["cpu_s"])
             if args.path_only:
                 print(f"ratio  path per core / chDB insert floor = {r['per_core'] / floors['chDB insert_arrow']:.2f}")
                 if args.gc_rounds:
