@@ -349,8 +349,10 @@ class WorkerRuntime:
         while True:
             await asyncio.sleep(idle)
             self._update_lag()  # also while a batch is stuck on a sink: that is when lag grows
-            if self.panes is not None and self.panes.processors:
-                self.panes.report_idle(self._caught_up_partitions(2 * idle))
+            if self.panes is not None and self.panes.processors and self._broker_ok is None:
+                idle_now = await self._caught_up_partitions(2 * idle)
+                if idle_now is not None:
+                    self.panes.report_idle(idle_now)
             async with self._lock:
                 now = time.monotonic()
                 overdue = {tp for tp, since in self._held_since.items() if now - since > self.hold_timeout}
@@ -378,26 +380,36 @@ class WorkerRuntime:
                     except Exception:
                         log.exception("chain tick failed")
 
-    def _caught_up_partitions(self, quiet: float) -> list[int]:
+    async def _caught_up_partitions(self, quiet: float) -> list[int] | None:
         """Span partitions of this worker with nothing delivered for `quiet` seconds and nothing left to
-        read (as far as the consumer knows): their anomaly watermark holds no one back."""
+        read: their anomaly watermark holds no one back. "Nothing left" is checked against the end
+        offsets the broker reports now, not the consumer's last fetch: a partition whose fetches stall
+        (Faust's consumer was seen delivering nothing for seconds) while its producer writes on would
+        otherwise be reported idle, and the other partitions' spans would close windows that its next
+        spans belong in. None when the broker could not be asked (the report stays as it was)."""
         try:
             assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == self.kcfg.topic]
         except Exception:
-            return []
+            return None
         now = time.monotonic()
+        quiet_tps = [tp for tp in assigned
+                     if now - self._delivered_at.get(tp, self._started_at) >= quiet and tp not in self._held]
+        if not quiet_tps:
+            return []
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*quiet_tps), 5)
+        except Exception:
+            return None
         out = []
-        for tp in assigned:
-            if now - self._delivered_at.get(tp, self._started_at) < quiet or tp in self._held:
-                continue
+        for tp in quiet_tps:
             known = self._next.get(tp)
-            try:
-                hw = self.app.consumer.highwater(tp)
-            except Exception:
-                hw = None
+            end = ends.get(tp)
             # never delivered: idle only when empty (a partition read before a restart is not known to be done)
-            if hw is not None and (known[1] if known is not None else 0) >= hw:
-                out.append(tp.partition)
+            if end is None or (known[1] if known is not None else 0) < int(end):
+                continue
+            if tp in self._held or self._delivered_at.get(tp, self._started_at) > now:  # a take came meanwhile
+                continue
+            out.append(tp.partition)
         return out
 
     async def _release_held_on_rebalance(self) -> None:
