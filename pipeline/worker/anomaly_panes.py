@@ -20,7 +20,9 @@ key is evaluated, once, whatever the number of workers:
 - `report_idle` (the runtime's housekeeping) names the span partitions this worker has read to
   their end, so a partition without traffic does not hold every watermark back; `report_busy`
   (the runtime, before it runs a take) withdraws that for the partitions the take brings
-  messages of, and on a worker's first take every idle mark an earlier owner left.
+  messages of, for the other idle ones that have messages waiting at the broker by then (traffic
+  resuming on one partition usually resumes on all: the first to be merged must not overtake the
+  rest), and on a worker's first take every idle mark an earlier owner left.
 - `tick_loop` closes windows by the wall clock (`idle_close`) for the partitions this worker
   owns, written under the partition's last record.
 """
@@ -90,6 +92,11 @@ class AnomalyPaneExchange:
             value = json.dumps({"proc": proc_id, "idle": idle, "n": self.partitions}).encode()
             for q in range(self.partitions):
                 self.runtime.events.emit_record(self.topic, q, proc_id.encode(), value)
+
+    @property
+    def idle_reported(self) -> list[int]:
+        """The span partitions this worker last reported idle."""
+        return list(self._idle_reported or ())
 
     def report_busy(self, sources: Iterable[int]) -> None:
         """Span partitions whose new messages are about to run: withdraw their idle report before

@@ -466,13 +466,35 @@ class WorkerRuntime:
             by_tp.setdefault(ev.message.tp, []).append(ev)
         async with self._lock:
             if self.panes is not None and self.panes.processors:  # before any contribution of the take
-                self.panes.report_busy(tp.partition for tp in by_tp)
+                self.panes.report_busy(await self._busy_partitions(list(by_tp)))
             now = time.monotonic()
             for tp, evs in by_tp.items():
                 self._delivered_at[tp] = now
                 self.telemetry.kafka_consumed_messages.labels(tp.topic).inc(len(evs))
                 await self._handle_partition(tp, evs)
             self._last_batch = time.monotonic()
+
+    async def _busy_partitions(self, tps: list[Any]) -> set[int]:
+        """The span partitions whose idle report a take of `tps` withdraws: its own, and when it brings
+        traffic back to a partition reported idle, every other idle one with messages waiting at the
+        broker (all of them when the broker cannot be asked). Else the first partition merged after a
+        quiet spell moves the watermark past the spans the others are about to bring."""
+        assert self.panes is not None
+        busy = {tp.partition for tp in tps}
+        idle = set(self.panes.idle_reported)
+        if not idle & busy:
+            return busy
+        try:
+            others = [tp for tp in self.app.consumer.assignment()
+                      if tp.topic == self.kcfg.topic and tp.partition in idle - busy]
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*others), 5) if others else {}
+        except Exception:
+            return busy | idle
+        for tp in others:
+            known, end = self._next.get(tp), ends.get(tp)
+            if end is None or known is None or known[1] < int(end):
+                busy.add(tp.partition)
+        return busy
 
     async def _next_offset(self, tp: Any, generation: int) -> int | None:
         """The next offset of `tp` this worker must process in this group generation: after
