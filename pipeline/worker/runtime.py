@@ -302,6 +302,13 @@ class WorkerRuntime:
             return repr(app.crash_reason or app.consumer.crash_reason)
         return None
 
+    def _forget_partition(self, tp: Any) -> None:
+        """Drop what this worker knows of a partition no longer assigned to it: found again from the
+        group's committed offset if it comes back."""
+        self._next.pop(tp, None)
+        self._committed.pop(tp, None)
+        self._uncommitted.discard(tp)
+
     def _consumer_status(self) -> tuple[bool, str]:
         if self.app is None or not self._ready.is_set():
             return False, "not started"
@@ -310,9 +317,7 @@ class WorkerRuntime:
         except Exception:
             return False, "consumer not running"
         for tp in [tp for tp in self._next if tp not in assigned]:
-            self._next.pop(tp, None)  # found again from the committed offset if it comes back
-            self._committed.pop(tp, None)
-            self._uncommitted.discard(tp)
+            self._forget_partition(tp)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
         holes = self._holes_status()
         if holes is not None:
@@ -424,9 +429,7 @@ class WorkerRuntime:
     async def _on_assigned(self, app: Any, assigned: Any = (), **kwargs: Any) -> None:
         """Faust's public on_partitions_assigned signal: log each assignment and how long after the start."""
         for tp in [tp for tp in self._next if tp not in assigned]:
-            self._next.pop(tp, None)  # found again from the committed offset if it comes back
-            self._committed.pop(tp, None)
-            self._uncommitted.discard(tp)
+            self._forget_partition(tp)
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.kcfg.topic)
         log.info("group %s generation %s: assigned partitions %s of %s, %.1fs after the worker started",
                  self.kcfg.group_id, self.app.consumer_generation_id, mine, self.kcfg.topic,
@@ -826,9 +829,7 @@ class WorkerRuntime:
             if only is not None and tp != only:
                 continue
             if tp not in assigned:
-                self._next.pop(tp, None)  # found again from the committed offset if it comes back
-                self._committed.pop(tp, None)
-                self._uncommitted.discard(tp)
+                self._forget_partition(tp)
                 with contextlib.suppress(KeyError):
                     self.telemetry.kafka_consumer_lag.remove(tp.topic, str(tp.partition))
                 continue
