@@ -392,18 +392,16 @@ class WorkerRuntime:
         (Faust's consumer was seen delivering nothing for seconds) while its producer writes on would
         otherwise be reported idle, and the other partitions' spans would close windows that its next
         spans belong in. None when the broker could not be asked (the report stays as it was)."""
-        try:
-            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == self.kcfg.topic]
-        except Exception:
+        assigned = self._span_partitions()
+        if assigned is None:
             return None
         now = time.monotonic()
         quiet_tps = [tp for tp in assigned
                      if now - self._delivered_at.get(tp, self._started_at) >= quiet and tp not in self._held]
         if not quiet_tps:
             return []
-        try:
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*quiet_tps), 5)
-        except Exception:
+        ends = await self._broker_ends(quiet_tps)
+        if ends is None:
             return None
         out = []
         for tp in quiet_tps:
@@ -416,6 +414,21 @@ class WorkerRuntime:
                 continue
             out.append(tp.partition)
         return out
+
+    def _span_partitions(self) -> list[Any] | None:
+        """This worker's partitions of the span topic; None while the consumer cannot say."""
+        try:
+            return [tp for tp in self.app.consumer.assignment() if tp.topic == self.kcfg.topic]
+        except Exception:
+            return None
+
+    async def _broker_ends(self, tps: list[Any]) -> dict[Any, int] | None:
+        """The end offsets the broker reports now for `tps` (not the consumer's last fetch); None
+        when it could not be asked within 5 s."""
+        try:
+            return await asyncio.wait_for(self.app.consumer.highwaters(*tps), 5)
+        except Exception:
+            return None
 
     async def _release_held_on_rebalance(self) -> None:
         """Let held messages go when the consumer's flow stops (a rebalance began); see the module doc."""
@@ -487,11 +500,10 @@ class WorkerRuntime:
         idle = set(self.panes.idle_reported)
         if not idle & busy:
             return busy
-        try:
-            others = [tp for tp in self.app.consumer.assignment()
-                      if tp.topic == self.kcfg.topic and tp.partition in idle - busy]
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*others), 5) if others else {}
-        except Exception:
+        assigned = self._span_partitions()
+        others = [tp for tp in assigned or () if tp.partition in idle - busy]
+        ends = await self._broker_ends(others) if others else {}
+        if assigned is None or ends is None:
             return busy | idle
         for tp in others:
             known, end = self._next.get(tp), ends.get(tp)
@@ -606,16 +618,14 @@ class WorkerRuntime:
         raced a fetch in flight; when nothing after them arrives, no hole shows in what it
         delivers. Asking the broker for the end offset finds them, and a seek to the next
         offset brings them back (what was processed already is let go on arrival)."""
-        try:
-            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == self.kcfg.topic]
-        except Exception:
+        assigned = self._span_partitions()
+        if assigned is None:
             return
         stalled = [tp for tp in assigned if now - self._delivered_at.get(tp, self._started_at) >= STALL_REREAD_AFTER]
         if not stalled:
             return
-        try:
-            ends = await asyncio.wait_for(self.app.consumer.highwaters(*stalled), 5)
-        except Exception:
+        ends = await self._broker_ends(stalled)
+        if ends is None:
             return
         generation = self.app.consumer_generation_id
         for tp in stalled:
