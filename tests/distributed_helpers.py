@@ -241,3 +241,39 @@ async def create_topic(url: str, topic: str, partitions: int) -> None:
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+
+
+async def leave_group(url: str, group: str) -> list[str]:
+    """Take every member out of consumer group `group`; returns the member ids removed.
+
+    A Tansu workaround for in-process Faust apps stopped and started again in one test: Tansu numbers a
+    group's first generation 0, and aiokafka sends no LeaveGroup from generation 0 (a real Kafka group's
+    first generation is 1), so a cleanly stopped app's member stays in the group. Tansu drops it only
+    when a later join finds its session expired, and the rebalances until then kept a restarted app
+    without partitions (tests/test_distributed_state.py timed out after 60 s in CI). Test code only:
+    aiokafka's client and protocol classes are not its public API, and this test fails if they change.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.client import AIOKafkaClient, CoordinationType
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=url)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    members = [m[0] for resp in described for g in resp.groups if g[1] == group for m in g[5]]
+    if not members:
+        return []
+    client = AIOKafkaClient(bootstrap_servers=url)
+    await client.bootstrap()
+    try:
+        node = await client.coordinator_lookup(CoordinationType.GROUP, group)
+        for member in members:
+            resp = await client.send(node, LeaveGroupRequest(group, member))
+            if resp.error_code != 0:
+                raise RuntimeError(f"LeaveGroup {group}/{member} failed with error code {resp.error_code}")
+    finally:
+        await client.close()
+    return members
