@@ -26,7 +26,7 @@ from tests.distributed_helpers import create_topic, read_rows, role_env, start_r
 from tests.services.kafka import PersistentKafka
 from tests.test_distributed_crash import Stream, expected_cost
 
-BACKLOG_REQUESTS = 1000  # 4 traces of 3 spans each: 4,000 messages, 12,000 spans
+BACKLOG_REQUESTS = 400  # 4 traces of 3 spans each: 1,600 messages, 4,800 spans (~1,000 stored at the kill)
 PARTITIONS = 4
 
 
