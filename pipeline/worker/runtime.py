@@ -501,9 +501,11 @@ class WorkerRuntime:
         if not idle & busy:
             return busy
         assigned = self._span_partitions()
-        others = [tp for tp in assigned or () if tp.partition in idle - busy]
+        if assigned is None:
+            return busy | idle
+        others = [tp for tp in assigned if tp.partition in idle - busy]
         ends = await self._broker_ends(others) if others else {}
-        if assigned is None or ends is None:
+        if ends is None:
             return busy | idle
         for tp in others:
             known, end = self._next.get(tp), ends.get(tp)
