@@ -73,7 +73,7 @@ async def _run_app(url: str, topic: str, expect: int) -> dict[str, int]:
         await app.stop()
     # Tansu keeps a stopped app's generation-0 member in the group (see leave_group): take it out, so
     # the next app joins an empty group as a replacement worker does on Kafka.
-    await leave_group(url, "state-test")
+    await leave_group(url, app.conf.id)
     return {k: int(v) for k, v in counts.items()}
 
 
