@@ -28,7 +28,8 @@ below it were done already and are let go; a hole above it is a message the cons
 skipped, so the worker holds what came after it and re-reads from the hole
 (`tracepipe_kafka_rereads_total`). A partition whose next offset stays below the end the
 broker reports while nothing arrives (a skip at the tail, or a re-read the consumer dropped)
-is re-read from its next offset too, from the housekeeping task. The worker goes past missing
+is re-read from its next offset too, from the housekeeping task; "nothing arrives" counts only
+time the agent was free to take messages, not the time a take spends in the chain and sinks. The worker goes past missing
 offsets only when the broker no longer has them (below the partition's log start offset:
 retention deleted them; `tracepipe_kafka_offset_gaps_total`); otherwise it keeps re-reading
 and `/readyz` names the partition, so an acknowledged message is never skipped.
@@ -127,6 +128,7 @@ class WorkerRuntime:
         self._delivered_at: dict[Any, float] = {}  # partition -> when the consumer last delivered or we re-read
         self._last_batch = time.monotonic()
         self._started_at = time.monotonic()
+        self._take_done_at = self._started_at  # when the agent last finished a take (free to receive again)
         self._committed: dict[Any, int] = {}  # partition -> offset this worker last committed
         self._uncommitted: set[Any] = set()  # partitions whose last commit failed or timed out
         # This process's own copy of the cuts it recorded: a rebalance makes Faust recover the
@@ -388,16 +390,15 @@ class WorkerRuntime:
     async def _caught_up_partitions(self, quiet: float) -> list[int] | None:
         """Span partitions of this worker with nothing delivered for `quiet` seconds and nothing left to
         read: their anomaly watermark holds no one back. "Nothing left" is checked against the end
-        offsets the broker reports now, not the consumer's last fetch: a partition whose fetches stall
-        (Faust's consumer was seen delivering nothing for seconds) while its producer writes on would
-        otherwise be reported idle, and the other partitions' spans would close windows that its next
-        spans belong in. None when the broker could not be asked (the report stays as it was)."""
+        offsets the broker reports now, not the consumer's last fetch: a partition that gets nothing for
+        seconds (the consumer behind, or a long take) while its producer writes on would otherwise be
+        reported idle, and the other partitions' spans would close windows that its next spans belong in.
+        None when the broker could not be asked (the report stays as it was)."""
         assigned = self._span_partitions()
         if assigned is None:
             return None
         now = time.monotonic()
-        quiet_tps = [tp for tp in assigned
-                     if now - self._delivered_at.get(tp, self._started_at) >= quiet and tp not in self._held]
+        quiet_tps = [tp for tp in assigned if now - self._quiet_since(tp) >= quiet and tp not in self._held]
         if not quiet_tps:
             return []
         ends = await self._broker_ends(quiet_tps)
@@ -414,6 +415,14 @@ class WorkerRuntime:
                 continue
             out.append(tp.partition)
         return out
+
+    def _quiet_since(self, tp: Any) -> float:
+        """Since when nothing came for `tp` while the agent was free to take it. A take is one
+        agent call for every partition, so while it runs (a first batch into ClickHouse took 2.2 s)
+        the messages that follow wait in Faust's take buffer, not at the broker: counting that
+        time as a stall made every long take end in a re-read, and everything after the take's
+        offsets was delivered twice."""
+        return max(self._delivered_at.get(tp, self._started_at), self._take_done_at)
 
     def _span_partitions(self) -> list[Any] | None:
         """This worker's partitions of the span topic; None while the consumer cannot say."""
@@ -488,7 +497,7 @@ class WorkerRuntime:
                 self._delivered_at[tp] = now
                 self.telemetry.kafka_consumed_messages.labels(tp.topic).inc(len(evs))
                 await self._handle_partition(tp, evs)
-            self._last_batch = time.monotonic()
+            self._last_batch = self._take_done_at = time.monotonic()
 
     async def _busy_partitions(self, tps: list[Any]) -> set[int]:
         """The span partitions whose idle report a take of `tps` withdraws: its own, and when it brings
@@ -623,7 +632,7 @@ class WorkerRuntime:
         assigned = self._span_partitions()
         if assigned is None:
             return
-        stalled = [tp for tp in assigned if now - self._delivered_at.get(tp, self._started_at) >= STALL_REREAD_AFTER]
+        stalled = [tp for tp in assigned if now - self._quiet_since(tp) >= STALL_REREAD_AFTER]
         if not stalled:
             return
         ends = await self._broker_ends(stalled)
