@@ -277,3 +277,31 @@ async def leave_group(url: str, group: str) -> list[str]:
     finally:
         await client.close()
     return members
+
+
+async def uncommitted(url: str, group: str, topic: str, ends: dict[int, int] | None = None) -> int:
+    """Messages of `topic` (every partition it has) that `group` has not committed, counted against
+    `ends` (last offset per partition) or else the topic's end offsets now."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=url)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+    finally:
+        await admin.close()
+    if ends is None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=url, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            ends = {tp.partition: off - 1 for tp, off in (await consumer.end_offsets(tps)).items()}
+        finally:
+            await consumer.stop()
+    behind = 0
+    for tp in tps:
+        committed = offsets[tp].offset if tp in offsets else -1
+        behind += max(0, ends.get(tp.partition, -1) + 1 - max(committed, 0))
+    return behind

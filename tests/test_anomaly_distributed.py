@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pipeline.spans import Span
 from pipeline.transport.kafka_producer import split_by_trace
 from tests.anomaly_streams import KeyProfile, window_spans
-from tests.distributed_helpers import role_env, start_role, wait_for, write_config
+from tests.distributed_helpers import role_env, start_role, uncommitted, wait_for, write_config
 from tests.otlp_support import kv
 from tests.services import RunningService, start_service
 
@@ -147,6 +147,10 @@ def test_spike_through_kafka_fires_once_on_baselines_a_killed_worker_left(kafka:
     try:
         wait_for(lambda: asyncio.run(_committed(kafka.url, group, topic)) > last, 60,
                  "the second worker to commit the rest of the stream", interval=0.5)
+        # The evaluator raises alerts from the pane contributions, after the spans' commit: under load
+        # (two test processes on two cores) it was still merging when the alerts were read, and none were.
+        wait_for(lambda: asyncio.run(uncommitted(kafka.url, group, f"{group}-anomaly-panes")) == 0, 60,
+                 "the evaluator to commit every pane contribution", interval=0.5)
         alerts = [a for a in asyncio.run(_alerts(kafka.url, f"{topic}.alerts")) if a.get("rule") == "cost_spike"]
         derived = [a for a in asyncio.run(_alerts(kafka.url, "tracepipe.events.anomaly"))
                    if a.get("rule") == "cost_spike"]

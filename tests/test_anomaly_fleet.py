@@ -26,7 +26,7 @@ import yaml
 from pipeline.spans import Span
 from pipeline.transport.kafka_producer import split_by_trace
 from tests.anomaly_streams import KeyProfile, window_spans
-from tests.distributed_helpers import RoleProcess, role_env, start_role, wait_for, write_config
+from tests.distributed_helpers import RoleProcess, role_env, start_role, uncommitted, wait_for, write_config
 from tests.services import RunningService, start_service
 from tests.test_anomaly_distributed import _alerts, to_request
 
@@ -75,32 +75,6 @@ async def _produce(url: str, topic: str, windows: list[list[Span]]) -> dict[int,
     return last
 
 
-async def _behind(url: str, group: str, topic: str, ends: dict[int, int] | None = None) -> int:
-    """Messages of `topic` the group has not committed (against `ends`, else the topic's end offsets)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    if ends is None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=url, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            ends = {tp.partition: off - 1 for tp, off in (await consumer.end_offsets(tps)).items()}
-        finally:
-            await consumer.stop()
-    admin = AIOKafkaAdminClient(bootstrap_servers=url)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
-    finally:
-        await admin.close()
-    behind = 0
-    for tp in tps:
-        committed = offsets[tp].offset if tp in offsets else -1
-        behind += max(0, ends.get(tp.partition, -1) + 1 - max(committed, 0))
-    return behind
-
-
 def _config(tmp_path: Path, topic: str, group: str) -> Path:
     path = write_config(tmp_path, topic=topic, group=group, partitions=PARTITIONS)
     raw = yaml.safe_load(path.read_text())
@@ -139,9 +113,9 @@ def _run(kafka: RunningService, tmp_path: Path, name: str, workers: int, windows
         wait_for(lambda: sorted(x for p in procs for x in _partitions_of(p) or [-1]) == list(range(PARTITIONS)), 90,
                  f"{workers} worker(s) to share the {PARTITIONS} partitions", interval=0.5)
         last = asyncio.run(_produce(kafka.url, topic, windows))
-        wait_for(lambda: asyncio.run(_behind(kafka.url, group, topic, last)) == 0, 120,
+        wait_for(lambda: asyncio.run(uncommitted(kafka.url, group, topic, last)) == 0, 120,
                  "the workers to commit the stream", interval=0.5)
-        wait_for(lambda: asyncio.run(_behind(kafka.url, group, f"{group}-anomaly-panes")) == 0, 60,
+        wait_for(lambda: asyncio.run(uncommitted(kafka.url, group, f"{group}-anomaly-panes")) == 0, 60,
                  "the evaluators to commit every pane contribution", interval=0.5)
         alerts = [a for a in asyncio.run(_alerts(kafka.url, f"{topic}.alerts")) if a.get("type") == "anomaly"]
     finally:

@@ -40,10 +40,18 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from pipeline.spans import Span
 from pipeline.transport.kafka_producer import split_by_trace
 from tests.anomaly_streams import KeyProfile, window_spans
-from tests.distributed_helpers import RoleProcess, read_rows, role_env, start_role, wait_for, write_config
+from tests.distributed_helpers import (
+    RoleProcess,
+    read_rows,
+    role_env,
+    start_role,
+    uncommitted,
+    wait_for,
+    write_config,
+)
 from tests.services import RunningService, start_service
 from tests.test_anomaly_distributed import _alerts, to_request
-from tests.test_anomaly_fleet import PARTITIONS, _behind, _partitions_of
+from tests.test_anomaly_fleet import PARTITIONS, _partitions_of
 from tests.test_distributed_held_state import _kept_uninterrupted
 
 SEC = 1_000_000_000
@@ -183,9 +191,9 @@ def _alert_rows(raw: list[dict[str, Any]], base: int) -> list[tuple]:
 
 
 def _wait_done(kafka: RunningService, group: str, topic: str, last: dict[int, int]) -> None:
-    wait_for(lambda: asyncio.run(_behind(kafka.url, group, topic, last)) == 0, DECISION_WAIT + 150,
+    wait_for(lambda: asyncio.run(uncommitted(kafka.url, group, topic, last)) == 0, DECISION_WAIT + 150,
              "the worker to decide every held trace and commit the stream", interval=0.5)
-    wait_for(lambda: asyncio.run(_behind(kafka.url, group, f"{group}-anomaly-panes")) == 0, 60,
+    wait_for(lambda: asyncio.run(uncommitted(kafka.url, group, f"{group}-anomaly-panes")) == 0, 60,
              "the evaluator to commit every pane contribution", interval=0.5)
 
 

@@ -64,15 +64,28 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32_768, 60_999
 
 
+def _port_range() -> tuple[int, int]:
+    """The ports this process may hand out: below the ephemeral range, and split between
+    pytest-xdist's workers (PYTEST_XDIST_WORKER gw0, gw1, ... of PYTEST_XDIST_WORKER_COUNT)."""
+    low, high = _LOWEST, _ephemeral_range()[0] - 1
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if count > 1 and worker.startswith("gw") and worker[2:].isdigit() and high - low >= 1_000 * count:
+        size = (high - low + 1) // count
+        low += int(worker[2:]) * size
+        high = low + size - 1
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on, for a service a test is about to start.
 
     Picked below the kernel's ephemeral range: a port the kernel hands out (what binding port 0
     gives) can be taken by any outgoing connection between now and the moment the service binds
     it, which was seen failing a test with "address already in use". A port is handed out once
-    per run."""
-    low = _LOWEST
-    high = _ephemeral_range()[0] - 1
+    per run. Under pytest-xdist each worker process picks from a slice of its own (it cannot see
+    the ports the others handed out but have not bound yet)."""
+    low, high = _port_range()
     if high - low >= 1_000:
         for _ in range(500):
             port = _RNG.randint(low, high)
