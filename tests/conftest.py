@@ -7,6 +7,17 @@ import pytest
 from tests.services import free_port, start_service
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, by their `slow(seconds=N)` mark (what they took here), the rest in
+    their order: tests/run hands whole files to two xdist processes as each gets free, and a
+    200 s file handed out last kept one process busy alone for minutes."""
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("slow")
+        return float(mark.kwargs.get("seconds", 1)) if mark is not None else 0.0
+
+    items.sort(key=seconds, reverse=True)  # stable: equal weights keep the collection order
+
+
 @pytest.fixture
 def port() -> int:
     return free_port()

@@ -25,6 +25,10 @@ import pytest
 from tests.pipeline_proc import ROOT, PipelineProcess, cli, start_pipeline
 from tests.tls_certs import TestCA
 
+# The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
+# files first, so that the two test processes of tests/run finish together.
+pytestmark = pytest.mark.slow(seconds=18)
+
 TENANT = "acme"
 CA_BUNDLE_VARS = {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
                   "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"}

@@ -15,12 +15,17 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench.workload import make_request, spans_in
 from tests.distributed_helpers import create_topic, read_rows, role_env, start_role, wait_for, write_config
 from tests.services.kafka import start_local_kafka
+
+# The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
+# files first, so that the two test processes of tests/run finish together.
+pytestmark = pytest.mark.slow(seconds=18)
 
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 

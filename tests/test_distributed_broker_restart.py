@@ -40,6 +40,10 @@ from tests.distributed_helpers import RoleProcess, read_rows, role_env, start_ro
 from tests.services.kafka import PersistentKafka
 from tests.test_distributed_crash import expected_cost
 
+# The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
+# files first, so that the two test processes of tests/run finish together.
+pytestmark = pytest.mark.slow(seconds=40)
+
 DOWN_SECONDS = 8.0  # longer than the test config's broker_session_timeout (6 s)
 RECEIVER_REQUESTS = 6
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}

@@ -39,6 +39,10 @@ from pipeline.transport.kafka_producer import split_by_trace
 from tests.distributed_helpers import ROOT, RoleProcess, read_rows, role_env, start_role, wait_for, write_config
 from tests.services import RunningService, start_service
 
+# The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
+# files first, so that the two test processes of tests/run finish together.
+pytestmark = pytest.mark.slow(seconds=65)
+
 SPANS_PER_TRACE = 3
 
 
