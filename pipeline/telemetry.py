@@ -206,8 +206,9 @@ class Telemetry:
         self.kafka_released_messages = Counter(
             "kafka_released_messages",
             "Messages a worker held (waiting to complete a recorded batch) and let go uncommitted, by reason: "
-            "rebalance or shutdown (the partition's next owner gets them again) or forced (processed as a new "
-            "batch after the hold timeout: possibly stored twice, never lost).",
+            "rebalance or shutdown (the partition's next owner gets them again), recovery (taken while Faust was "
+            "still recovering its tables: read again after its seek to the committed offsets) or forced "
+            "(processed as a new batch after the hold timeout: possibly stored twice, never lost).",
             ["topic", "reason"], namespace=ns, registry=r,
         )
         self.kafka_rereads = Counter(
