@@ -9,7 +9,7 @@ from tests.services import free_port, start_service
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest files first, by their `slow(seconds=N)` mark (what they took here), the rest in
-    their order: tests/run hands whole files to two xdist processes as each gets free, and a
+    their order: tests/run hands whole files to its xdist processes as each gets free, and a
     200 s file handed out last kept one process busy alone for minutes."""
     def seconds(item: pytest.Item) -> float:
         mark = item.get_closest_marker("slow")

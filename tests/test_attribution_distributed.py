@@ -18,7 +18,7 @@ from tests.pipeline_proc import cli
 from tests.services import RunningService, start_service
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=21)
 
 TURN = Turn("u-dist", "initech", "report", "s-dist", "gpt-4o", "gpt-4o-2024-08-06", 2000, 400)

@@ -26,7 +26,7 @@ from tests.pipeline_proc import ROOT, PipelineProcess, cli, start_pipeline
 from tests.tls_certs import TestCA
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=18)
 
 TENANT = "acme"

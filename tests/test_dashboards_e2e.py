@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=29)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from tests.services import RunningService, start_service
 from tests.test_distributed_crash import Stream
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=24)
 
 

@@ -41,7 +41,7 @@ from tests.services.kafka import PersistentKafka
 from tests.test_distributed_crash import expected_cost
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=40)
 
 DOWN_SECONDS = 8.0  # longer than the test config's broker_session_timeout (6 s)

@@ -40,7 +40,7 @@ from tests.distributed_helpers import ROOT, RoleProcess, read_rows, role_env, st
 from tests.services import RunningService, start_service
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=65)
 
 SPANS_PER_TRACE = 3

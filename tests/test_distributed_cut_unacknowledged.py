@@ -27,7 +27,7 @@ from tests.services.kafka import PersistentKafka
 from tests.test_distributed_crash import Stream, expected_cost
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=50)
 
 BACKLOG_REQUESTS = 400  # 4 traces of 3 spans each: 1,600 messages, 4,800 spans (~1,000 stored at the kill)

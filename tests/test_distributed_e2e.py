@@ -27,7 +27,7 @@ from tests.pipeline_proc import cli
 from tests.services import RunningService, start_service
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=45)
 
 RECIPES = list(yaml.safe_load_all((ROOT / "config" / "collector-forwarding.yaml").read_text()))

@@ -55,7 +55,7 @@ from tests.test_anomaly_fleet import PARTITIONS, _partitions_of
 from tests.test_distributed_held_state import _kept_uninterrupted
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=200)
 
 SEC = 1_000_000_000

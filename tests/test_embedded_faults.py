@@ -30,7 +30,7 @@ from tests.pipeline_proc import start_pipeline
 from tests.services.redis import start_local_redis
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=33)
 
 FAST_BATCH = {"max_spans": 2000, "timeout": 0.05}

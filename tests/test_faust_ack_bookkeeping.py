@@ -31,7 +31,7 @@ from tests.distributed_helpers import create_topic
 from tests.services import RunningService, free_port, start_service
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=24)
 
 APP = Path(__file__).resolve().parent / "faust_probe" / "ack_app.py"

@@ -18,7 +18,7 @@ from tests.test_anomaly_distributed import _alerts, to_request
 from tests.test_quality import Stream, stream  # noqa: F401  (the fake OpenAI fixture)
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
-# files first, so that the two test processes of tests/run finish together.
+# files first, so that the test processes of tests/run finish together.
 pytestmark = pytest.mark.slow(seconds=19)
 
 TOPIC, GROUP = "quality_spans", "quality-workers"
