@@ -36,7 +36,16 @@ from pipeline.config import load_config
 from pipeline.otlp.decode import decode_request
 from pipeline.spans import SpanBatch
 from pipeline.transport.kafka_producer import split_by_trace
-from tests.distributed_helpers import ROOT, RoleProcess, read_rows, role_env, start_role, wait_for, write_config
+from tests.distributed_helpers import (
+    ROOT,
+    RoleProcess,
+    read_rows,
+    role_env,
+    start_role,
+    uncommitted,
+    wait_for,
+    write_config,
+)
 from tests.services import RunningService, start_service
 
 # The seconds this file took on the 2-core machine (2026-12-03): tests/conftest.py starts the longest
@@ -118,20 +127,7 @@ class Stream:
 
     def committed_all(self, group: str) -> bool:
         """Whether `group` committed past every message written (committed = stored by a worker)."""
-        return asyncio.run(self._committed_all(group))
-
-    async def _committed_all(self, group: str) -> bool:
-        from aiokafka import TopicPartition
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.url)
-        await admin.start()
-        try:
-            tps = [TopicPartition(self.topic, p) for p in self.last_offsets]
-            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-        finally:
-            await admin.close()
-        return all(tp in committed and committed[tp].offset > self.last_offsets[tp.partition] for tp in tps)
+        return asyncio.run(uncommitted(self.url, group, self.topic, self.last_offsets)) == 0
 
 
 def expected_cost(config: Path, requests: list[ExportTraceServiceRequest]) -> float:

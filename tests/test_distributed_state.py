@@ -52,8 +52,8 @@ async def _run_app(url: str, topic: str, expect: int) -> dict[str, int]:
     @app.agent(src)
     async def count(stream):  # type: ignore[no-untyped-def]
         async for events in stream.take_events(100, within=0.2):
-            # As the worker does (WorkerRuntime.handle_events): nothing is counted while Faust still
-            # recovers the table, whose replay would overwrite the count; Faust then seeks to the
+            # Nothing is counted while Faust still recovers the table, whose replay would overwrite the
+            # count (the worker lets such a take go: WorkerRuntime.handle_events); Faust then seeks to the
             # committed offsets and delivers these again, so an offset is counted once.
             while app.rebalancing:
                 await asyncio.sleep(0.05)
@@ -62,9 +62,7 @@ async def _run_app(url: str, topic: str, expect: int) -> dict[str, int]:
             if not events:
                 continue
             # One batch per partition, as the worker runs them, so a key's writes go to its own changelog
-            # partition. A take spans both partitions; written under the take's last event, a key's values
-            # went to either changelog partition, take by take, and the next app recovered whichever
-            # partition it replayed last: a stale count (14 of 15, seen under load).
+            # partition (a take spans both partitions).
             by_partition: dict[int, list] = {}
             for ev in events:
                 by_partition.setdefault(ev.message.partition, []).append(ev)
