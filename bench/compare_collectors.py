@@ -10,10 +10,15 @@ is done):
   happens only after Kafka acknowledged it;
 - Rotel (PyPI `rotel`, a Rust OTel collector) -> Kafka (acks=all, gzip): Rotel answers before
   Kafka confirms, so it is done when its CPU stops moving;
-- Rotel -> blackhole: decode and acknowledge only.
+- Rotel -> blackhole: decode and acknowledge only;
+- the chDB sink-path floor: the clickhouse sink's write path alone (Arrow build + insert into the
+  same tables and view) on the same spans decoded once, in batches of `--floor-batch`, in its own
+  process (bench/chdb_insert.py, variant "sink"): what the embedded path could reach if decode,
+  processors, HTTP and the queue cost nothing.
 
     python -m pip install -e '.[bench]'      # rotel
-    python bench/compare_collectors.py [--spans 60000] [--spans-per-request 100] [--only NAME ...]
+    python bench/compare_collectors.py [--spans 60000] [--spans-per-request 100] [--floor-batch 10000]
+                                       [--only NAME ...]
 
 Prints each figure and the ratios the performance issue asks for. The Tansu broker's own CPU is
 not counted for either Kafka target.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -165,8 +171,8 @@ def run_receiver(tmp: Path, bootstrap: str, bodies: list[bytes], n_spans: int) -
         receiver.stop()
 
 
-def run_rotel(tmp: Path, name: str, exporter_args: list[str], bodies: list[bytes], n_spans: int) -> Figure:
-    proc, port = start_rotel(rotel_binary(), tmp, exporter_args)
+def run_rotel(tmp: Path, binary: str, name: str, exporter_args: list[str], bodies: list[bytes], n_spans: int) -> Figure:
+    proc, port = start_rotel(binary, tmp, exporter_args)
     try:
         async def quiet(_session: aiohttp.ClientSession) -> None:
             await wait_cpu_quiet(proc.pid)
@@ -178,15 +184,30 @@ def run_rotel(tmp: Path, name: str, exporter_args: list[str], bodies: list[bytes
         stop(proc)
 
 
+def run_chdb_floor(n_spans: int, prompt_bytes: int, batch: int) -> Figure:
+    """The clickhouse sink's write path alone, in its own process (bench/chdb_insert.py)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.chdb_insert", "--variant", "sink", "--spans", str(n_spans),
+         "--batch", str(batch), "--prompt-bytes", str(prompt_bytes)],
+        capture_output=True, text=True, cwd=root, timeout=1800, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"chDB floor failed:\n{out.stderr[-2000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return Figure(f"chDB sink-path floor (batches of {batch})", r["n"], r["cpu"], r["wall"], r["rss_mb"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spans", type=int, default=60_000, help="spans sent to each target")
     ap.add_argument("--spans-per-request", type=int, default=100)
     ap.add_argument("--prompt-bytes", type=int, default=300, help="size of each prompt and completion")
-    ap.add_argument("--only", nargs="*", choices=["embedded", "receiver", "rotel-kafka", "rotel-blackhole"],
-                    help="run only these targets")
+    ap.add_argument("--floor-batch", type=int, default=10_000, help="spans per sink write of the chDB floor")
+    targets = ["embedded", "chdb-floor", "receiver", "rotel-kafka", "rotel-blackhole"]
+    ap.add_argument("--only", nargs="*", choices=targets, help="run only these targets")
     args = ap.parse_args()
-    wanted = set(args.only or ["embedded", "receiver", "rotel-kafka", "rotel-blackhole"])
+    wanted = set(args.only or targets)
+    rotel = rotel_binary() if wanted & {"rotel-kafka", "rotel-blackhole"} else ""  # fail before any run
 
     traces_per_request = max(1, round(args.spans_per_request / 3))
     n_requests = max(1, args.spans // (traces_per_request * 3))
@@ -202,6 +223,8 @@ def main() -> None:
         tmp = Path(tmp_s)
         if "embedded" in wanted:
             figures["embedded"] = run_embedded(tmp, bodies, n_spans)
+        if "chdb-floor" in wanted:
+            figures["chdb-floor"] = run_chdb_floor(n_spans, args.prompt_bytes, args.floor_batch)
         if wanted & {"receiver", "rotel-kafka"}:
             broker = start_local_kafka()
             try:
@@ -209,14 +232,14 @@ def main() -> None:
                 if "receiver" in wanted:
                     figures["receiver"] = run_receiver(tmp, broker.url, bodies, n_spans)
                 if "rotel-kafka" in wanted:
-                    figures["rotel-kafka"] = run_rotel(tmp, "Rotel -> Kafka (acks all, gzip)", [
+                    figures["rotel-kafka"] = run_rotel(tmp, rotel, "Rotel -> Kafka (acks all, gzip)", [
                         "--exporter", "kafka", "--kafka-exporter-brokers", broker.url,
                         "--kafka-exporter-traces-topic", TOPIC, "--kafka-exporter-format", "protobuf",
                         "--kafka-exporter-compression", "gzip", "--kafka-exporter-acks", "all"], bodies, n_spans)
             finally:
                 broker.stop()
         if "rotel-blackhole" in wanted:
-            figures["rotel-blackhole"] = run_rotel(tmp, "Rotel -> blackhole", ["--exporter", "blackhole"],
+            figures["rotel-blackhole"] = run_rotel(tmp, rotel, "Rotel -> blackhole", ["--exporter", "blackhole"],
                                                    bodies, n_spans)
 
     print(f"{'target':<46} {'spans/CPU-s':>12} {'CPU s':>7} {'wall spans/s':>13} {'peak RSS':>9}")
@@ -228,6 +251,7 @@ def main() -> None:
             print(f"ratio  {label}: {figures[a].per_core / figures[b].per_core:.2f}")
 
     ratio("receiver", "rotel-kafka", "tracepipe receiver / Rotel -> Kafka (goal >= 0.70)")
+    ratio("embedded", "chdb-floor", "tracepipe run / chDB sink-path floor (goal >= 0.60)")
     ratio("embedded", "rotel-blackhole", "tracepipe run / Rotel -> blackhole")
     ratio("embedded", "receiver", "tracepipe run / tracepipe receiver")
     if "embedded" in figures:
