@@ -18,9 +18,11 @@ is done):
 
     python -m pip install -e '.[bench]'      # rotel
     python bench/compare_collectors.py [--spans 60000] [--spans-per-request 100] [--floor-batch 10000]
-                                       [--only NAME ...]
+                                       [--rounds 1] [--only NAME ...]
 
-Prints each figure and the ratios the performance issue asks for. The Tansu broker's own CPU is
+Prints each figure and the ratios the performance issue asks for. Runs of the same code on a shared
+2-core machine differ by a quarter: `--rounds N` runs every target N times in turn and prints the
+median and range of each figure and of each ratio (taken within a round). The Tansu broker's own CPU is
 not counted for either Kafka target.
 """
 
@@ -30,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -202,10 +205,14 @@ def main() -> None:
     ap.add_argument("--spans", type=int, default=60_000, help="spans sent to each target")
     ap.add_argument("--spans-per-request", type=int, default=100)
     ap.add_argument("--prompt-bytes", type=int, default=300, help="size of each prompt and completion")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every target this many times, in turn, and print the median and range")
     ap.add_argument("--floor-batch", type=int, default=10_000, help="spans per sink write of the chDB floor")
     targets = ["embedded", "chdb-floor", "receiver", "rotel-kafka", "rotel-blackhole"]
     ap.add_argument("--only", nargs="*", choices=targets, help="run only these targets")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     wanted = set(args.only or targets)
     rotel = rotel_binary() if wanted & {"rotel-kafka", "rotel-blackhole"} else ""  # fail before any run
 
@@ -218,44 +225,76 @@ def main() -> None:
           f"spans, {sum(map(len, bodies)) / n_spans:.0f} bytes/span, {CONCURRENCY} concurrent senders; "
           f"{os.cpu_count()} cores on this machine")
 
-    figures: dict[str, Figure] = {}
+    rounds: list[dict[str, Figure]] = []
     with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        if "embedded" in wanted:
-            figures["embedded"] = run_embedded(tmp, bodies, n_spans)
-        if "chdb-floor" in wanted:
-            figures["chdb-floor"] = run_chdb_floor(n_spans, args.prompt_bytes, args.floor_batch)
-        if wanted & {"receiver", "rotel-kafka"}:
-            broker = start_local_kafka()
-            try:
-                asyncio.run(create_topic(broker.url, 4))
-                if "receiver" in wanted:
-                    figures["receiver"] = run_receiver(tmp, broker.url, bodies, n_spans)
-                if "rotel-kafka" in wanted:
-                    figures["rotel-kafka"] = run_rotel(tmp, rotel, "Rotel -> Kafka (acks all, gzip)", [
-                        "--exporter", "kafka", "--kafka-exporter-brokers", broker.url,
-                        "--kafka-exporter-traces-topic", TOPIC, "--kafka-exporter-format", "protobuf",
-                        "--kafka-exporter-compression", "gzip", "--kafka-exporter-acks", "all"], bodies, n_spans)
-            finally:
-                broker.stop()
-        if "rotel-blackhole" in wanted:
-            figures["rotel-blackhole"] = run_rotel(tmp, rotel, "Rotel -> blackhole", ["--exporter", "blackhole"],
-                                                   bodies, n_spans)
+        for i in range(args.rounds):
+            tmp = Path(tmp_s) / f"round-{i + 1}"
+            tmp.mkdir()
+            rounds.append(run_round(tmp, wanted, rotel, bodies, n_spans, args.prompt_bytes, args.floor_batch))
+            print_round(rounds[-1], f"round {i + 1} of {args.rounds}" if args.rounds > 1 else "")
+    if args.rounds > 1:
+        print_summary(rounds)
 
+
+def run_round(tmp: Path, wanted: set[str], rotel: str, bodies: list[bytes], n_spans: int, prompt_bytes: int,
+              floor_batch: int) -> dict[str, Figure]:
+    """Every wanted target once, in the order of the table."""
+    figures: dict[str, Figure] = {}
+    if "embedded" in wanted:
+        figures["embedded"] = run_embedded(tmp, bodies, n_spans)
+    if "chdb-floor" in wanted:
+        figures["chdb-floor"] = run_chdb_floor(n_spans, prompt_bytes, floor_batch)
+    if wanted & {"receiver", "rotel-kafka"}:
+        broker = start_local_kafka()
+        try:
+            asyncio.run(create_topic(broker.url, 4))
+            if "receiver" in wanted:
+                figures["receiver"] = run_receiver(tmp, broker.url, bodies, n_spans)
+            if "rotel-kafka" in wanted:
+                figures["rotel-kafka"] = run_rotel(tmp, rotel, "Rotel -> Kafka (acks all, gzip)", [
+                    "--exporter", "kafka", "--kafka-exporter-brokers", broker.url,
+                    "--kafka-exporter-traces-topic", TOPIC, "--kafka-exporter-format", "protobuf",
+                    "--kafka-exporter-compression", "gzip", "--kafka-exporter-acks", "all"], bodies, n_spans)
+        finally:
+            broker.stop()
+    if "rotel-blackhole" in wanted:
+        figures["rotel-blackhole"] = run_rotel(tmp, rotel, "Rotel -> blackhole", ["--exporter", "blackhole"],
+                                               bodies, n_spans)
+    return figures
+
+
+RATIOS = (
+    ("receiver", "rotel-kafka", "tracepipe receiver / Rotel -> Kafka (goal >= 0.70)"),
+    ("embedded", "chdb-floor", "tracepipe run / chDB sink-path floor (goal >= 0.60)"),
+    ("embedded", "rotel-blackhole", "tracepipe run / Rotel -> blackhole"),
+    ("embedded", "receiver", "tracepipe run / tracepipe receiver"),
+)
+
+
+def print_round(figures: dict[str, Figure], title: str) -> None:
+    if title:
+        print(f"-- {title}")
     print(f"{'target':<46} {'spans/CPU-s':>12} {'CPU s':>7} {'wall spans/s':>13} {'peak RSS':>9}")
     for f in figures.values():
         print(f"{f.name:<46} {f.per_core:>12,.0f} {f.cpu_s:>7.2f} {f.spans / f.wall_s:>13,.0f} {f.rss_mb:>6.0f} MB")
-
-    def ratio(a: str, b: str, label: str) -> None:
+    for a, b, label in RATIOS:
         if a in figures and b in figures:
             print(f"ratio  {label}: {figures[a].per_core / figures[b].per_core:.2f}")
-
-    ratio("receiver", "rotel-kafka", "tracepipe receiver / Rotel -> Kafka (goal >= 0.70)")
-    ratio("embedded", "chdb-floor", "tracepipe run / chDB sink-path floor (goal >= 0.60)")
-    ratio("embedded", "rotel-blackhole", "tracepipe run / Rotel -> blackhole")
-    ratio("embedded", "receiver", "tracepipe run / tracepipe receiver")
     if "embedded" in figures:
         print(f"goal   tracepipe run >= 20,000 spans per CPU-second: {figures['embedded'].per_core:,.0f}")
+
+
+def print_summary(rounds: list[dict[str, Figure]]) -> None:
+    """Median and range over the rounds; each ratio is taken within a round, then summarised."""
+    print(f"-- {len(rounds)} rounds: median (min - max)")
+    for key in rounds[0]:
+        values = [r[key].per_core for r in rounds]
+        print(f"{rounds[0][key].name:<46} {statistics.median(values):>12,.0f} spans/CPU-s "
+              f"({min(values):,.0f} - {max(values):,.0f})")
+    for a, b, label in RATIOS:
+        if a in rounds[0] and b in rounds[0]:
+            values = [r[a].per_core / r[b].per_core for r in rounds]
+            print(f"ratio  {label}: {statistics.median(values):.2f} ({min(values):.2f} - {max(values):.2f})")
 
 
 if __name__ == "__main__":
