@@ -92,6 +92,18 @@ async def _run_variant(variant: str, spans: list, batch: int) -> tuple[float, fl
     return wall, cpu
 
 
+def measure_variant(variant: str, n_spans: int, batch: int, prompt_bytes: int) -> dict[str, float]:
+    """One variant in its own process: {"n", "wall", "cpu", "rss_mb"}; RuntimeError (with the end of
+    its stderr) when the process fails."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.chdb_insert", "--variant", variant, "--spans", str(n_spans),
+         "--batch", str(batch), "--prompt-bytes", str(prompt_bytes)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=1800, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spans", type=int, default=120_000)
@@ -107,33 +119,14 @@ def main() -> None:
         print(json.dumps({"n": len(spans), "wall": wall, "cpu": cpu, "rss_mb": rss}))
         return
 
-    root = Path(__file__).resolve().parents[1]
     print(f"~{args.spans} spans, batches of {args.batch}, prompt {args.prompt_bytes} B; one process per figure")
     results = {}
     for variant, label in VARIANTS.items():
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bench.chdb_insert",
-                "--variant",
-                variant,
-                "--spans",
-                str(args.spans),
-                "--batch",
-                str(args.batch),
-                "--prompt-bytes",
-                str(args.prompt_bytes),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=root,
-            timeout=1800,
-        )
-        if out.returncode != 0:
-            print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        try:
+            r = measure_variant(variant, args.spans, args.batch, args.prompt_bytes)
+        except RuntimeError as e:
+            print(f"{label}: failed\n{e}", file=sys.stderr)
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         results[variant] = r
         print(
             f"{label:<20} {r['n'] / r['wall']:>9,.0f} spans/s wall {r['n'] / r['cpu']:>9,.0f} spans/CPU-s"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.chdb_insert import measure_variant
 from bench.throughput import cpu_seconds, post_all, rss_mb, sent_spans
 from bench.workload import make_request, spans_in
 from tests.distributed_helpers import role_env, start_role, write_config
@@ -189,14 +189,10 @@ def run_rotel(tmp: Path, binary: str, name: str, exporter_args: list[str], bodie
 
 def run_chdb_floor(n_spans: int, prompt_bytes: int, batch: int) -> Figure:
     """The clickhouse sink's write path alone, in its own process (bench/chdb_insert.py)."""
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.chdb_insert", "--variant", "sink", "--spans", str(n_spans),
-         "--batch", str(batch), "--prompt-bytes", str(prompt_bytes)],
-        capture_output=True, text=True, cwd=root, timeout=1800, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"chDB floor failed:\n{out.stderr[-2000:]}")
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    try:
+        r = measure_variant("sink", n_spans, batch, prompt_bytes)
+    except RuntimeError as e:
+        raise SystemExit(f"chDB floor failed:\n{e}") from None
     return Figure(f"chDB sink-path floor (batches of {batch})", r["n"], r["cpu"], r["wall"], r["rss_mb"])
 
 
